@@ -1,0 +1,263 @@
+//! The CPU backend: the reference implementation of every op, calling the CPU twins in
+//! kiln-kernels.
+
+use super::Backend;
+use crate::dtype::DType;
+use crate::error::{EngineError, Result};
+use crate::op::Op;
+use crate::tensor::Tensor;
+use half::{bf16, f16};
+use kiln_kernels::cpu::{self as k, WeightSlice};
+
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn supports(&self, op: &Op, dtypes: &[DType]) -> bool {
+        let float = |d: &DType| d.is_float();
+        match op {
+            Op::Embedding => matches!(dtypes, [t, DType::U32 | DType::I32] if float(t)),
+            Op::Matmul => matches!(dtypes, [DType::F32, w] if float(w)),
+            Op::Cast { to } => to.is_float() && dtypes.iter().all(float),
+            Op::CopyRows { .. } => true,
+            _ => dtypes.iter().all(|d| *d == DType::F32 || *d == DType::U32),
+        }
+    }
+
+    fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
+        let (shape, dtype) = op.check(inputs)?;
+        let dtypes: Vec<DType> = inputs.iter().map(|t| t.dtype()).collect();
+        if !self.supports(op, &dtypes) {
+            return Err(EngineError::Unsupported {
+                op: op.name(),
+                backend: self.name(),
+                dtypes,
+            });
+        }
+        let inputs: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| t.contiguous())
+            .collect::<Result<_>>()?;
+        let n: usize = shape.iter().product();
+        if dtype != DType::F32 {
+            return match op {
+                Op::Argmax => argmax(&inputs[0], &shape, n),
+                Op::Cast { to } => cast(&inputs[0], *to, &shape),
+                _ => Err(EngineError::Unsupported {
+                    op: op.name(),
+                    backend: self.name(),
+                    dtypes,
+                }),
+            };
+        }
+        let mut out = vec![0f32; n];
+        run_f32(op, &inputs, &mut out)?;
+        Tensor::from_vec(out, &shape)
+    }
+
+    fn execute_inplace(&self, op: &Op, dst: &mut Tensor, inputs: &[&Tensor]) -> Result<()> {
+        op.check_inplace(dst, inputs)?;
+        let Op::CopyRows { dst_row } = op else {
+            return Err(EngineError::Unsupported {
+                op: op.name(),
+                backend: self.name(),
+                dtypes: vec![dst.dtype()],
+            });
+        };
+        let src = inputs[0].contiguous()?;
+        let row_len: usize = dst.shape()[1..].iter().product();
+        let start = dst_row * row_len;
+        let len = src.elem_count();
+        match dst.dtype() {
+            DType::F32 => copy_into::<f32>(dst, &src, start, len),
+            DType::F16 => copy_into::<f16>(dst, &src, start, len),
+            DType::BF16 => copy_into::<bf16>(dst, &src, start, len),
+            DType::I32 => copy_into::<i32>(dst, &src, start, len),
+            DType::U32 => copy_into::<u32>(dst, &src, start, len),
+            DType::U8 => copy_into::<u8>(dst, &src, start, len),
+        }
+    }
+}
+
+fn copy_into<T: crate::dtype::Element>(
+    dst: &mut Tensor,
+    src: &Tensor,
+    start: usize,
+    len: usize,
+) -> Result<()> {
+    let s = src.as_slice::<T>()?;
+    dst.as_mut_slice::<T>()?[start..start + len].copy_from_slice(s);
+    Ok(())
+}
+
+/// A float tensor as the kernels' weight view.
+fn weights(t: &Tensor) -> Result<WeightSlice<'_>> {
+    Ok(match t.dtype() {
+        DType::F32 => WeightSlice::F32(t.as_slice()?),
+        DType::F16 => WeightSlice::F16(t.as_slice()?),
+        DType::BF16 => WeightSlice::BF16(t.as_slice()?),
+        other => {
+            return Err(EngineError::DType {
+                op: "weights",
+                got: other,
+                expected: "f32, f16 or bf16".into(),
+            })
+        }
+    })
+}
+
+fn last(t: &Tensor) -> usize {
+    t.shape().last().copied().unwrap_or(1)
+}
+
+fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
+    let x = &inputs[0];
+    match op {
+        Op::Embedding => {
+            let (table, ids) = (x, &inputs[1]);
+            let vocab = table.shape()[0];
+            let ids = ids_u32(ids, vocab)?;
+            k::embedding::embedding(weights(table)?, table.shape()[1], &ids, out);
+        }
+        Op::Matmul => {
+            let w = &inputs[1];
+            let kk = last(x);
+            let p = k::matmul::MatmulParams {
+                m: x.elem_count() / kk.max(1),
+                n: w.shape()[0],
+                k: kk,
+            };
+            k::matmul::matmul(x.as_slice()?, weights(w)?, out, p);
+        }
+        Op::RmsNorm { eps } => {
+            let cols = last(x);
+            let p = k::rmsnorm::RmsNormParams {
+                rows: x.elem_count() / cols.max(1),
+                cols,
+                eps: *eps,
+            };
+            k::rmsnorm::rmsnorm(x.as_slice()?, inputs[1].as_slice()?, out, p);
+        }
+        Op::Rope {
+            style,
+            attention_scaling,
+        } => {
+            out.copy_from_slice(x.as_slice()?);
+            let s = x.shape();
+            let p = k::rope::RopeParams {
+                tokens: s[0],
+                heads: s[1],
+                head_dim: s[2],
+                style: *style,
+                attention_scaling: *attention_scaling,
+            };
+            k::rope::rope(out, inputs[1].as_slice()?, inputs[2].as_slice()?, p);
+        }
+        Op::SiluMul => k::silu_mul::silu_mul(x.as_slice()?, inputs[1].as_slice()?, out),
+        Op::Add => k::binary::add(x.as_slice()?, inputs[1].as_slice()?, out),
+        Op::Mul => k::binary::mul(x.as_slice()?, inputs[1].as_slice()?, out),
+        Op::Scale { factor } => k::binary::scale(x.as_slice()?, *factor, out),
+        Op::Softmax { scale, causal } => {
+            let cols = last(x);
+            let p = k::softmax::SoftmaxParams {
+                rows: x.elem_count() / cols.max(1),
+                cols,
+                scale: *scale,
+                causal: *causal,
+            };
+            k::softmax::softmax(x.as_slice()?, out, p);
+        }
+        Op::Attention { scale, causal } => {
+            let (kt, vt) = (&inputs[1], &inputs[2]);
+            let p = k::attention::AttentionParams {
+                q_len: x.shape()[0],
+                kv_len: kt.shape()[0],
+                num_heads: x.shape()[1],
+                num_kv_heads: kt.shape()[1],
+                head_dim: x.shape()[2],
+                scale: *scale,
+                causal: *causal,
+            };
+            k::attention::attention(x.as_slice()?, kt.as_slice()?, vt.as_slice()?, out, p);
+        }
+        Op::Argmax | Op::Cast { .. } | Op::CopyRows { .. } => {
+            return Err(EngineError::Data(format!(
+                "{} does not produce f32 here",
+                op.name()
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Ids as u32, each checked against the table size (a bad id is an error, not a crash).
+fn ids_u32(ids: &Tensor, vocab: usize) -> Result<Vec<u32>> {
+    let raw: Vec<i64> = match ids.dtype() {
+        DType::U32 => ids.as_slice::<u32>()?.iter().map(|&i| i as i64).collect(),
+        _ => ids.as_slice::<i32>()?.iter().map(|&i| i as i64).collect(),
+    };
+    raw.into_iter()
+        .map(|i| {
+            if i < 0 || i as usize >= vocab {
+                Err(EngineError::IndexOutOfRange {
+                    op: "embedding",
+                    index: i as u64,
+                    len: vocab,
+                })
+            } else {
+                Ok(i as u32)
+            }
+        })
+        .collect()
+}
+
+fn argmax(x: &Tensor, shape: &[usize], rows: usize) -> Result<Tensor> {
+    let cols = last(x);
+    let mut out = vec![0u32; rows];
+    k::argmax::argmax(x.as_slice()?, rows, cols, &mut out);
+    Tensor::from_vec(out, shape)
+}
+
+fn cast(x: &Tensor, to: DType, shape: &[usize]) -> Result<Tensor> {
+    let f32s: Vec<f32> = match x.dtype() {
+        DType::F32 => x.as_slice::<f32>()?.to_vec(),
+        DType::BF16 => {
+            let mut v = vec![0f32; x.elem_count()];
+            k::cast::bf16_to_f32(x.as_slice()?, &mut v);
+            v
+        }
+        DType::F16 => {
+            let mut v = vec![0f32; x.elem_count()];
+            k::cast::f16_to_f32(x.as_slice()?, &mut v);
+            v
+        }
+        other => {
+            return Err(EngineError::DType {
+                op: "cast",
+                got: other,
+                expected: "float".into(),
+            })
+        }
+    };
+    match to {
+        DType::F32 => Tensor::from_vec(f32s, shape),
+        DType::BF16 => {
+            let mut v = vec![bf16::ZERO; f32s.len()];
+            k::cast::f32_to_bf16(&f32s, &mut v);
+            Tensor::from_vec(v, shape)
+        }
+        DType::F16 => {
+            let mut v = vec![f16::ZERO; f32s.len()];
+            k::cast::f32_to_f16(&f32s, &mut v);
+            Tensor::from_vec(v, shape)
+        }
+        other => Err(EngineError::DType {
+            op: "cast",
+            got: other,
+            expected: "float target".into(),
+        }),
+    }
+}

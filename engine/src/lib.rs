@@ -1,0 +1,19 @@
+//! kiln engine: tensors, devices and backends, the op set, sampling.
+//!
+//! Model code calls tensor ops (`Tensor::matmul_t`, `rms_norm`, ...); each op is an `Op` value
+//! validated once by `Op::check` and run by the tensor's device backend.
+
+pub mod backend;
+pub mod dtype;
+pub mod error;
+pub mod layout;
+pub mod op;
+pub mod sampler;
+pub mod storage;
+pub mod tensor;
+
+pub use backend::{Backend, Device};
+pub use dtype::{DType, Element};
+pub use error::{EngineError, Result};
+pub use op::Op;
+pub use tensor::Tensor;

@@ -1,0 +1,299 @@
+//! The op set: the single source of truth for dispatch, equivalence tests and benches.
+//!
+//! `Op::check` validates inputs and computes the output shape once for every backend, so a
+//! backend only dispatches to its kernels.
+
+use crate::dtype::DType;
+use crate::error::{shape_err, EngineError, Result};
+use crate::tensor::Tensor;
+pub use kiln_kernels::cpu::rope::RopeStyle;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// [table [vocab, hidden] (f32/bf16/f16), ids [n] (u32/i32)] -> [n, hidden] f32
+    Embedding,
+    /// [x [.., k] f32, w [n, k] (f32/bf16/f16)] -> [.., n] f32
+    Matmul,
+    /// [x [.., h] f32, w [h] f32] -> [.., h]
+    RmsNorm { eps: f32 },
+    /// [x [tokens, heads, d] f32, positions [tokens] u32, inv_freq [d/2] f32] -> same as x
+    Rope {
+        style: RopeStyle,
+        attention_scaling: f32,
+    },
+    /// [gate, up] f32 same shape -> silu(gate) * up
+    SiluMul,
+    /// [x [.., cols] f32] -> softmax(x * scale) per row, causal mask optional
+    Softmax { scale: f32, causal: bool },
+    /// [q [q_len, heads, d], k [kv_len, kv_heads, d], v [kv_len, kv_heads, d]] f32 -> [q_len, heads, d]
+    Attention { scale: f32, causal: bool },
+    /// [a, b] f32 same shape -> a + b
+    Add,
+    /// [a, b] f32 same shape -> a * b
+    Mul,
+    /// [a] f32 -> a * factor
+    Scale { factor: f32 },
+    /// [x [.., cols] f32] -> [..] u32
+    Argmax,
+    /// [x] float -> x as `to`
+    Cast { to: DType },
+    /// In place: [src [r, ..]] written into dst rows dst_row..dst_row+r (same dtype, trailing dims)
+    CopyRows { dst_row: usize },
+}
+
+/// The variants, for exhaustive coverage in the equivalence suite and benches.
+pub const ALL_OPS: &[&str] = &[
+    "embedding",
+    "matmul",
+    "rmsnorm",
+    "rope",
+    "silu_mul",
+    "softmax",
+    "attention",
+    "add",
+    "mul",
+    "scale",
+    "argmax",
+    "cast",
+    "copy_rows",
+];
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Embedding => "embedding",
+            Op::Matmul => "matmul",
+            Op::RmsNorm { .. } => "rmsnorm",
+            Op::Rope { .. } => "rope",
+            Op::SiluMul => "silu_mul",
+            Op::Softmax { .. } => "softmax",
+            Op::Attention { .. } => "attention",
+            Op::Add => "add",
+            Op::Mul => "mul",
+            Op::Scale { .. } => "scale",
+            Op::Argmax => "argmax",
+            Op::Cast { .. } => "cast",
+            Op::CopyRows { .. } => "copy_rows",
+        }
+    }
+
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Softmax { .. } | Op::Scale { .. } | Op::Argmax | Op::Cast { .. } => 1,
+            Op::CopyRows { .. } => 1,
+            Op::Embedding | Op::Matmul | Op::RmsNorm { .. } | Op::SiluMul | Op::Add | Op::Mul => 2,
+            Op::Rope { .. } | Op::Attention { .. } => 3,
+        }
+    }
+
+    /// Validates the inputs of a pure op; returns the output shape and dtype.
+    pub fn check(&self, inputs: &[&Tensor]) -> Result<(Vec<usize>, DType)> {
+        let name = self.name();
+        if inputs.len() != self.arity() {
+            return Err(shape_err(
+                name,
+                format!("{} inputs, expected {}", inputs.len(), self.arity()),
+            ));
+        }
+        let x = inputs[0];
+        match self {
+            Op::Embedding => {
+                let (table, ids) = (x, inputs[1]);
+                want_float(name, table)?;
+                want_rank(name, "table", table, 2)?;
+                if !matches!(ids.dtype(), DType::U32 | DType::I32) {
+                    return Err(dtype_err(name, ids, "u32 or i32 ids"));
+                }
+                want_rank(name, "ids", ids, 1)?;
+                Ok((vec![ids.shape()[0], table.shape()[1]], DType::F32))
+            }
+            Op::Matmul => {
+                let w = inputs[1];
+                want_f32(name, x)?;
+                want_float(name, w)?;
+                want_rank(name, "weight", w, 2)?;
+                let k = last_dim(name, x)?;
+                if w.shape()[1] != k {
+                    return Err(shape_err(
+                        name,
+                        format!("x {:?} and weight {:?}: inner dims differ", x.shape(), w.shape()),
+                    ));
+                }
+                let mut shape = x.shape().to_vec();
+                shape[x.rank() - 1] = w.shape()[0];
+                Ok((shape, DType::F32))
+            }
+            Op::RmsNorm { .. } => {
+                let w = inputs[1];
+                want_f32(name, x)?;
+                want_f32(name, w)?;
+                let h = last_dim(name, x)?;
+                if w.shape() != [h] {
+                    return Err(shape_err(
+                        name,
+                        format!("weight {:?} for x {:?}", w.shape(), x.shape()),
+                    ));
+                }
+                Ok((x.shape().to_vec(), DType::F32))
+            }
+            Op::Rope { .. } => {
+                let (pos, inv_freq) = (inputs[1], inputs[2]);
+                want_f32(name, x)?;
+                want_rank(name, "x", x, 3)?;
+                if pos.dtype() != DType::U32 {
+                    return Err(dtype_err(name, pos, "u32 positions"));
+                }
+                let (t, d) = (x.shape()[0], x.shape()[2]);
+                if pos.shape() != [t] {
+                    return Err(shape_err(
+                        name,
+                        format!("positions {:?} for {t} tokens", pos.shape()),
+                    ));
+                }
+                if d % 2 != 0 || inv_freq.shape() != [d / 2] {
+                    return Err(shape_err(
+                        name,
+                        format!("inv_freq {:?} for head_dim {d}", inv_freq.shape()),
+                    ));
+                }
+                want_f32(name, inv_freq)?;
+                Ok((x.shape().to_vec(), DType::F32))
+            }
+            Op::SiluMul | Op::Add | Op::Mul => {
+                let y = inputs[1];
+                want_f32(name, x)?;
+                want_f32(name, y)?;
+                if x.shape() != y.shape() {
+                    return Err(shape_err(
+                        name,
+                        format!("shapes {:?} and {:?} differ", x.shape(), y.shape()),
+                    ));
+                }
+                Ok((x.shape().to_vec(), DType::F32))
+            }
+            Op::Softmax { .. } | Op::Scale { .. } => {
+                want_f32(name, x)?;
+                last_dim(name, x)?;
+                Ok((x.shape().to_vec(), DType::F32))
+            }
+            Op::Attention { causal, .. } => {
+                let (k, v) = (inputs[1], inputs[2]);
+                for t in inputs {
+                    want_f32(name, t)?;
+                    want_rank(name, "q/k/v", t, 3)?;
+                }
+                let (q_len, heads, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+                let (kv_len, kv_heads) = (k.shape()[0], k.shape()[1]);
+                if k.shape() != v.shape() || k.shape()[2] != d {
+                    return Err(shape_err(
+                        name,
+                        format!("q {:?}, k {:?}, v {:?}", x.shape(), k.shape(), v.shape()),
+                    ));
+                }
+                if kv_heads == 0 || heads % kv_heads != 0 {
+                    return Err(shape_err(
+                        name,
+                        format!("{heads} query heads not a multiple of {kv_heads} kv heads"),
+                    ));
+                }
+                if *causal && kv_len < q_len {
+                    return Err(shape_err(
+                        name,
+                        format!("causal with {q_len} queries over only {kv_len} keys"),
+                    ));
+                }
+                Ok((x.shape().to_vec(), DType::F32))
+            }
+            Op::Argmax => {
+                want_f32(name, x)?;
+                let cols = last_dim(name, x)?;
+                if cols == 0 {
+                    return Err(shape_err(name, "argmax of an empty row"));
+                }
+                let shape = x.shape()[..x.rank() - 1].to_vec();
+                Ok((shape, DType::U32))
+            }
+            Op::Cast { to } => {
+                want_float(name, x)?;
+                if !to.is_float() {
+                    return Err(shape_err(name, format!("cast to {to} (float dtypes only)")));
+                }
+                Ok((x.shape().to_vec(), *to))
+            }
+            Op::CopyRows { .. } => Err(shape_err(name, "copy_rows runs in place")),
+        }
+    }
+
+    /// Validates an in-place op against its destination.
+    pub fn check_inplace(&self, dst: &Tensor, inputs: &[&Tensor]) -> Result<()> {
+        let name = self.name();
+        let Op::CopyRows { dst_row } = self else {
+            return Err(shape_err(name, "not an in-place op"));
+        };
+        let [src] = inputs else {
+            return Err(shape_err(name, "expects one source tensor"));
+        };
+        if src.dtype() != dst.dtype() {
+            return Err(dtype_err(name, src, dst.dtype().name()));
+        }
+        if src.rank() == 0 || src.rank() != dst.rank() || src.shape()[1..] != dst.shape()[1..] {
+            return Err(shape_err(
+                name,
+                format!("src {:?} into dst {:?}", src.shape(), dst.shape()),
+            ));
+        }
+        if dst_row + src.shape()[0] > dst.shape()[0] {
+            return Err(shape_err(
+                name,
+                format!(
+                    "rows {dst_row}..{} past the end of dst ({} rows)",
+                    dst_row + src.shape()[0],
+                    dst.shape()[0]
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn dtype_err(op: &'static str, t: &Tensor, expected: &str) -> EngineError {
+    EngineError::DType {
+        op,
+        got: t.dtype(),
+        expected: expected.to_string(),
+    }
+}
+
+fn want_f32(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype() == DType::F32 {
+        Ok(())
+    } else {
+        Err(dtype_err(op, t, "f32"))
+    }
+}
+
+fn want_float(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(dtype_err(op, t, "f32, f16 or bf16"))
+    }
+}
+
+fn want_rank(op: &'static str, what: &str, t: &Tensor, rank: usize) -> Result<()> {
+    if t.rank() == rank {
+        Ok(())
+    } else {
+        Err(shape_err(
+            op,
+            format!("{what} has shape {:?}, expected rank {rank}", t.shape()),
+        ))
+    }
+}
+
+fn last_dim(op: &'static str, t: &Tensor) -> Result<usize> {
+    t.shape()
+        .last()
+        .copied()
+        .ok_or_else(|| shape_err(op, "a scalar has no last dimension"))
+}

@@ -1,0 +1,505 @@
+//! `out = x · wᵀ`, the CPU hot path (decode GEMV and prefill GEMM).
+//!
+//! Every output element is one dot product summed in a fixed order, whatever the path:
+//! eight f32 lanes, lane `l` accumulating `k ≡ l (mod 8)` over the first `k - k % 8` elements
+//! with fused multiply-adds, the lanes reduced as `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, then
+//! the tail added one fused multiply-add at a time. The AVX2 path and the portable path
+//! therefore agree bit for bit, and a row's result does not depend on how many rows share the
+//! call (batch invariance), which the tests check.
+//!
+//! Paths: M < 4 reads the stored weights directly (16-bit rows widened in registers), because
+//! each weight is used at most three times; M >= 4 widens a block of weight rows to f32 once
+//! into a per-thread scratch and reuses it across all rows of `x` with a 4×3 register tile.
+//! Work is split over blocks of N with rayon when the call is big enough to pay for it.
+
+use super::WeightSlice;
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// out[m, n] = sum_k x[m, k] * w[n, k]   (activations times transposed weights, f32 accumulate)
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulParams {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// `x`: [m, k] f32 row-major; `w`: [n, k] row-major; `out`: [m, n] f32.
+pub fn matmul(x: &[f32], w: WeightSlice<'_>, out: &mut [f32], p: MatmulParams) {
+    matmul_with(x, w, out, p, Isa::detect());
+}
+
+/// Instruction set a call runs on; `Portable` is the reference fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Isa {
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+}
+
+/// Below this many multiply-adds a call runs on the calling thread: waking rayon costs more.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+/// Weight elements per rayon task on the direct (small M) path.
+const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
+/// Widened f32 weight elements per block on the blocked path (256 KiB: stays in L2).
+const BLOCKED_BLOCK_ELEMS: usize = 1 << 16;
+/// Rows of x per register tile on the blocked path.
+const MR: usize = 4;
+/// Weight rows per register tile on the blocked path (4×3 = 12 accumulators + 3 weight
+/// vectors fit the 16 ymm registers).
+const NR: usize = 3;
+/// Weight rows per register tile for a single x row (8 independent FMA chains hide latency).
+const NR_GEMV: usize = 8;
+
+pub(crate) fn matmul_with(x: &[f32], w: WeightSlice<'_>, out: &mut [f32], p: MatmulParams, isa: Isa) {
+    let MatmulParams { m, n, k } = p;
+    // The unsafe tiles below index by these sizes, so they are checked here, once.
+    assert!(x.len() >= m * k, "matmul: x has {} elements, need {}", x.len(), m * k);
+    assert!(w.len() >= n * k, "matmul: w has {} elements, need {}", w.len(), n * k);
+    assert!(out.len() >= m * n, "matmul: out has {} elements, need {}", out.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    match w {
+        WeightSlice::F32(w) => run(x, w, out, p, isa),
+        WeightSlice::BF16(w) => run(x, w, out, p, isa),
+        WeightSlice::F16(w) => run(x, w, out, p, isa),
+    }
+}
+
+/// A stored weight element type.
+pub(crate) trait Weight: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// Widens `src` into `dst` (same length).
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// True for f32: the blocked path then reads the weights in place instead of copying.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    /// Loads eight consecutive weights as f32 lanes. Always inlined into the
+    /// `#[target_feature]` functions of `avx2`, so the intrinsics inline there too.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Weight for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Weight for bf16 {
+    fn to_f32(self) -> f32 {
+        // bf16 is the top half of an f32: widening is exact.
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    fn widen(src: &[bf16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+    fn as_f32(_: &[bf16]) -> Option<&[f32]> {
+        None
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+}
+
+impl Weight for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        // half uses F16C for slices when the CPU has it.
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+    }
+    fn as_f32(_: &[f16]) -> Option<&[f32]> {
+        None
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+/// `out` as a raw pointer that rayon tasks may share: each task writes a disjoint set of
+/// columns of `out`, which `par_chunks_mut` cannot express for a row-major [m, n] output.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements only (see `run`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    // A method (not `.0`) so closures capture the whole Send wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Widened weight block of the blocked path, reused across calls (no per-call allocation
+    /// once it has grown).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa) {
+    let MatmulParams { m, n, k } = p;
+    if k == 0 {
+        out[..m * n].fill(0.0);
+        return;
+    }
+    let blocked = m >= MR;
+    // Rows of w per task: a multiple of the tile width so only the last block has an edge.
+    let nr = if blocked { NR } else { NR_GEMV };
+    let elems = if blocked { BLOCKED_BLOCK_ELEMS } else { DIRECT_BLOCK_ELEMS };
+    let nb = (elems / k).max(1).div_ceil(nr) * nr;
+    let blocks = n.div_ceil(nb);
+    let optr = OutPtr(out.as_mut_ptr());
+    let task = |b: usize| {
+        let n0 = b * nb;
+        let rows = nb.min(n - n0);
+        let wb = &w[n0 * k..(n0 + rows) * k];
+        // SAFETY: block b writes only columns n0..n0+rows of each of the m rows of out, which
+        // the asserts in `matmul_with` put in bounds; blocks do not overlap.
+        let o = unsafe { optr.get().add(n0) };
+        if !blocked {
+            unsafe { tiles(x, m, Rows::Stored(wb), rows, k, o, n, isa) };
+        } else if let Some(wf) = T::as_f32(wb) {
+            unsafe { tiles(x, m, Rows::Stored(wf), rows, k, o, n, isa) };
+        } else {
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < rows * k {
+                    s.resize(rows * k, 0.0);
+                }
+                let wf = &mut s[..rows * k];
+                T::widen(wb, wf);
+                unsafe { tiles(x, m, Rows::<T>::Widened(wf), rows, k, o, n, isa) };
+            });
+        }
+    };
+    if blocks > 1 && m * n * k >= PARALLEL_MIN_WORK {
+        (0..blocks).into_par_iter().for_each(task);
+    } else {
+        (0..blocks).for_each(task);
+    }
+}
+
+/// A block of weight rows: as stored, or widened to f32.
+enum Rows<'a, T> {
+    Stored(&'a [T]),
+    Widened(&'a [f32]),
+}
+
+/// Computes out[i, j] (at `o + i * ldo + j`) for all m rows of x and `rows` weight rows.
+///
+/// # Safety
+/// `o` must be valid for writes at `i * ldo + j` for i < m, j < rows; x holds m·k values and
+/// the weight block rows·k.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles<T: Weight>(x: &[f32], m: usize, w: Rows<'_, T>, rows: usize, k: usize, o: *mut f32, ldo: usize, isa: Isa) {
+    match isa {
+        Isa::Portable => match w {
+            Rows::Stored(w) => portable::tiles(x, m, w, rows, k, o, ldo),
+            Rows::Widened(w) => portable::tiles(x, m, w, rows, k, o, ldo),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match w {
+            Rows::Stored(w) if m < MR => avx2::tiles::<T, 1, NR_GEMV>(x, m, w, rows, k, o, ldo),
+            Rows::Stored(w) => avx2::tiles::<T, MR, NR>(x, m, w, rows, k, o, ldo),
+            Rows::Widened(w) => avx2::tiles::<f32, MR, NR>(x, m, w, rows, k, o, ldo),
+        },
+    }
+}
+
+/// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`: the lane reduction both paths use.
+#[inline(always)]
+fn reduce8(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// Portable reference: one dot product at a time, in the canonical order (lanes emulated).
+mod portable {
+    use super::{reduce8, Weight};
+
+    pub(super) unsafe fn tiles<T: Weight>(x: &[f32], m: usize, w: &[T], rows: usize, k: usize, o: *mut f32, ldo: usize) {
+        for i in 0..m {
+            let xr = &x[i * k..(i + 1) * k];
+            for j in 0..rows {
+                let wr = &w[j * k..(j + 1) * k];
+                *o.add(i * ldo + j) = dot(xr, wr);
+            }
+        }
+    }
+
+    fn dot<T: Weight>(x: &[f32], w: &[T]) -> f32 {
+        let k8 = x.len() - x.len() % 8;
+        let mut acc = [0f32; 8];
+        for (xc, wc) in x[..k8].chunks_exact(8).zip(w[..k8].chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] = xc[l].mul_add(wc[l].to_f32(), acc[l]);
+            }
+        }
+        let mut s = reduce8(acc);
+        for (a, b) in x[k8..].iter().zip(&w[k8..]) {
+            s = a.mul_add(b.to_f32(), s);
+        }
+        s
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Weight;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // Same association as `reduce8`.
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
+    }
+
+    /// Register tile: R rows of x against C rows of w, each output one canonical-order dot.
+    #[inline(always)]
+    unsafe fn tile<T: Weight, const R: usize, const C: usize>(x: *const f32, w: *const T, k: usize, o: *mut f32, ldo: usize) {
+        let k8 = k - k % 8;
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut c = 0;
+        while c < k8 {
+            let mut wv = [_mm256_setzero_ps(); C];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = T::load8(w.add(j * k + c));
+            }
+            for (i, ai) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(i * k + c));
+                for (a, v) in ai.iter_mut().zip(&wv) {
+                    *a = _mm256_fmadd_ps(xv, *v, *a);
+                }
+            }
+            c += 8;
+        }
+        for (i, ai) in acc.iter().enumerate() {
+            for (j, a) in ai.iter().enumerate() {
+                let mut s = hsum(*a);
+                for t in k8..k {
+                    s = (*x.add(i * k + t)).mul_add((*w.add(j * k + t)).to_f32(), s);
+                }
+                *o.add(i * ldo + j) = s;
+            }
+        }
+    }
+
+    /// All tiles of an m × rows output block: R×C tiles, then the edges with narrower tiles.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tiles<T: Weight, const R: usize, const C: usize>(
+        x: &[f32],
+        m: usize,
+        w: &[T],
+        rows: usize,
+        k: usize,
+        o: *mut f32,
+        ldo: usize,
+    ) {
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        let full_m = m - m % R;
+        let full_n = rows - rows % C;
+        let mut i = 0;
+        while i < full_m {
+            let xi = xp.add(i * k);
+            let oi = o.add(i * ldo);
+            let mut j = 0;
+            while j < full_n {
+                tile::<T, R, C>(xi, wp.add(j * k), k, oi.add(j), ldo);
+                j += C;
+            }
+            while j < rows {
+                tile::<T, R, 1>(xi, wp.add(j * k), k, oi.add(j), ldo);
+                j += 1;
+            }
+            i += R;
+        }
+        while i < m {
+            let xi = xp.add(i * k);
+            let oi = o.add(i * ldo);
+            let mut j = 0;
+            while j < full_n {
+                tile::<T, 1, C>(xi, wp.add(j * k), k, oi.add(j), ldo);
+                j += C;
+            }
+            while j < rows {
+                tile::<T, 1, 1>(xi, wp.add(j * k), k, oi.add(j), ldo);
+                j += 1;
+            }
+            i += 1;
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::testutil::{assert_close, seed, Rng};
+
+    fn reference(x: &[f32], w: &[f32], p: MatmulParams) -> Vec<f64> {
+        let mut out = vec![0f64; p.m * p.n];
+        for i in 0..p.m {
+            for j in 0..p.n {
+                out[i * p.n + j] = (0..p.k).map(|t| x[i * p.k + t] as f64 * w[j * p.k + t] as f64).sum();
+            }
+        }
+        out
+    }
+
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (1, 31, 33),
+        (1, 32, 32),
+        (1, 33, 31),
+        (3, 33, 32),
+        (4, 31, 33),
+        (5, 32, 31),
+        (33, 33, 33),
+        (1, 1536, 576),
+        (1, 576, 1536),
+        (7, 200, 576),
+        (130, 97, 1536),
+    ];
+
+    fn check(dtype: &str, isa: Isa) {
+        let s = seed(0x5eed_0001);
+        let mut rng = Rng::new(s);
+        for &(m, n, k) in SHAPES {
+            let p = MatmulParams { m, n, k };
+            let x = rng.vec(m * k);
+            let wf = rng.vec(n * k);
+            let mut out = vec![f32::NAN; m * n];
+            // Reference on the rounded weights, so only accumulation error is measured.
+            let (wr, tol): (Vec<f32>, f64) = match dtype {
+                "f32" => {
+                    matmul_with(&x, WeightSlice::F32(&wf), &mut out, p, isa);
+                    (wf.clone(), 1e-7)
+                }
+                "bf16" => {
+                    let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+                    matmul_with(&x, WeightSlice::BF16(&wb), &mut out, p, isa);
+                    (wb.iter().map(|v| v.to_f32()).collect(), 1e-7)
+                }
+                _ => {
+                    let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+                    matmul_with(&x, WeightSlice::F16(&wh), &mut out, p, isa);
+                    (wh.iter().map(|v| v.to_f32()).collect(), 1e-7)
+                }
+            };
+            let want = reference(&x, &wr, p);
+            assert_close(&out, &want, tol, s, &format!("{dtype} {isa:?} m={m} n={n} k={k}"));
+        }
+    }
+
+    #[test]
+    fn f32_weights_match_reference() {
+        check("f32", Isa::detect());
+    }
+
+    #[test]
+    fn bf16_weights_match_reference() {
+        check("bf16", Isa::detect());
+    }
+
+    #[test]
+    fn f16_weights_match_reference() {
+        check("f16", Isa::detect());
+    }
+
+    #[test]
+    fn portable_matches_reference() {
+        check("bf16", Isa::Portable);
+    }
+
+    /// The SIMD path and the portable fallback compute the same sums in the same order.
+    #[test]
+    fn simd_and_portable_agree_bitwise() {
+        let isa = Isa::detect();
+        if isa == Isa::Portable {
+            eprintln!("no AVX2+FMA+F16C: nothing to compare");
+            return;
+        }
+        let s = seed(0x5eed_0002);
+        let mut rng = Rng::new(s);
+        for &(m, n, k) in &[(1, 45, 83), (2, 19, 64), (6, 40, 77), (9, 300, 576)] {
+            let p = MatmulParams { m, n, k };
+            let x = rng.vec(m * k);
+            let wf = rng.vec(n * k);
+            let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+            for w in [WeightSlice::F32(&wf), WeightSlice::BF16(&wb), WeightSlice::F16(&wh)] {
+                let mut a = vec![0f32; m * n];
+                let mut b = vec![0f32; m * n];
+                matmul_with(&x, w, &mut a, p, isa);
+                matmul_with(&x, w, &mut b, p, Isa::Portable);
+                let same = a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits());
+                assert!(same, "SIMD != portable for {w:?} m={m} n={n} k={k} (seed {s:#x})", w = std::mem::discriminant(&w));
+            }
+        }
+    }
+
+    /// A row's result does not depend on how many rows share the call (decode == prefill row).
+    #[test]
+    fn rows_are_batch_invariant() {
+        let s = seed(0x5eed_0003);
+        let mut rng = Rng::new(s);
+        let (m, n, k) = (9, 150, 200);
+        let x = rng.vec(m * k);
+        let wf = rng.vec(n * k);
+        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let mut all = vec![0f32; m * n];
+        matmul(&x, WeightSlice::BF16(&wb), &mut all, MatmulParams { m, n, k });
+        for i in 0..m {
+            let mut one = vec![0f32; n];
+            matmul(&x[i * k..(i + 1) * k], WeightSlice::BF16(&wb), &mut one, MatmulParams { m: 1, n, k });
+            let same = one.iter().zip(&all[i * n..(i + 1) * n]).all(|(u, v)| u.to_bits() == v.to_bits());
+            assert!(same, "row {i} differs between m=1 and m={m} (seed {s:#x})");
+        }
+    }
+
+    #[test]
+    fn empty_k_gives_zeros() {
+        let mut out = vec![f32::NAN; 6];
+        matmul(&[], WeightSlice::F32(&[]), &mut out, MatmulParams { m: 2, n: 3, k: 0 });
+        assert!(out.iter().all(|&v| v == 0.0));
+    }
+}

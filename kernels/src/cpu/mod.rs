@@ -1,0 +1,39 @@
+//! CPU twins of the kernels, one op family per file (same names as `cuda/*.cu`).
+
+pub mod argmax;
+pub mod attention;
+pub mod binary;
+pub mod cast;
+pub mod embedding;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod silu_mul;
+pub mod softmax;
+
+#[cfg(test)]
+mod testutil;
+
+use half::{bf16, f16};
+
+/// A row-major weight matrix (or table) as stored: f32, or 16-bit with f32 accumulation.
+#[derive(Clone, Copy, Debug)]
+pub enum WeightSlice<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+impl WeightSlice<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            WeightSlice::F32(s) => s.len(),
+            WeightSlice::F16(s) => s.len(),
+            WeightSlice::BF16(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
