@@ -273,62 +273,82 @@ impl Sampler {
     /// Temperature -> top-k -> top-p -> softmax -> one draw.
     fn draw(&mut self, logits: &mut [f32]) -> u32 {
         let inv_t = 1.0 / self.params.temperature;
-        let cands = &mut self.candidates;
-        cands.clear();
         let mut max = f32::NEG_INFINITY;
-        for (i, l) in logits.iter_mut().enumerate() {
-            if l.is_nan() {
-                continue;
-            }
+        for l in logits.iter_mut() {
             *l *= inv_t;
-            max = max.max(*l);
-            cands.push((i as u32, *l));
-        }
-        if cands.is_empty() {
-            return 0;
+            // NaN compares false, so it never becomes the max.
+            if *l > max {
+                max = *l;
+            }
         }
         // exp(l - max) is undefined for an infinite max; such a token wins outright, and an
-        // all -inf row has no preference, so both become an argmax.
+        // all -inf (or empty, or all NaN) row has no preference, so these become an argmax.
         if !max.is_finite() {
             return argmax(logits).unwrap_or(0);
         }
 
+        if self.params.top_k.is_none() && self.params.top_p >= 1.0 {
+            // Nothing is cut: weights go in place and the draw walks ids in order, which
+            // spares building and sorting a candidate list over the whole vocabulary.
+            let mut total = 0.0f64;
+            for l in logits.iter_mut() {
+                *l = if l.is_nan() { 0.0 } else { (*l - max).exp() };
+                total += *l as f64;
+            }
+            let target = self.rng.next_f64() * total;
+            return pick(
+                logits.iter().enumerate().map(|(i, &w)| (i as u32, w)),
+                target,
+            );
+        }
+
+        let cands = &mut self.candidates;
+        cands.clear();
+        cands.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (i as u32, l)),
+        );
         if let Some(k) = self.params.top_k {
             if k < cands.len() {
                 cands.select_nth_unstable_by(k - 1, by_logit_desc);
                 cands.truncate(k);
             }
         }
-
         let mut total = 0.0f64;
         for c in cands.iter_mut() {
             c.1 = (c.1 - max).exp();
             total += c.1 as f64;
         }
-
         if self.params.top_p < 1.0 {
             total = keep_nucleus(cands, total, self.params.top_p as f64);
-        } else if self.params.top_k.is_some() {
+        } else {
             // Only the kept set is sorted, so the mapping from a draw to a token is canonical.
             cands.sort_unstable_by(by_logit_desc);
         }
-
         let target = self.rng.next_f64() * total;
-        let mut acc = 0.0f64;
-        for &(id, w) in cands.iter() {
-            acc += w as f64;
-            if target < acc {
-                return id;
-            }
-        }
-        // Rounding can leave `target` just past the last partial sum.
-        cands
-            .iter()
-            .rev()
-            .find(|c| c.1 > 0.0)
-            .or(cands.last())
-            .map_or(0, |c| c.0)
+        pick(cands.iter().copied(), target)
     }
+}
+
+/// The token whose cumulative weight interval contains `target`. Rounding can leave
+/// `target` just past the last partial sum; then the last token with weight wins. A token
+/// of weight 0 is never picked.
+fn pick(weights: impl Iterator<Item = (u32, f32)>, target: f64) -> u32 {
+    let mut acc = 0.0f64;
+    let mut last_positive = 0;
+    for (id, w) in weights {
+        if w > 0.0 {
+            last_positive = id;
+        }
+        acc += w as f64;
+        if target < acc {
+            return id;
+        }
+    }
+    last_positive
 }
 
 /// Descending weight (or logit), then ascending id: a total order on non-NaN values.
@@ -338,36 +358,34 @@ fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 
 /// Shrink `cands` (weights, unnormalised, summing to `total`) to the smallest prefix in
 /// descending order whose mass is >= `top_p` of the total; returns the kept mass.
-/// Rather than sorting the whole vocabulary it sorts the top 64, 256, ... until the
-/// nucleus fits, which for a peaked distribution touches few entries.
+/// Rather than sorting the whole vocabulary it brings the next 64, 512, 4096, ... heaviest
+/// to the front (selection in the unsorted tail), sorts just that chunk and keeps summing,
+/// so a peaked distribution touches few entries and a flat one costs about one sort.
 fn keep_nucleus(cands: &mut Vec<(u32, f32)>, total: f64, top_p: f64) -> f64 {
     let threshold = top_p * total;
-    let mut window = 64usize;
-    loop {
-        let n = window.min(cands.len());
-        if n < cands.len() {
-            cands.select_nth_unstable_by(n - 1, by_logit_desc);
+    let mut acc = 0.0f64;
+    let (mut start, mut chunk) = (0usize, 64usize);
+    let len = cands.len();
+    while start < len {
+        let end = start.saturating_add(chunk).min(len);
+        if end < len {
+            cands[start..].select_nth_unstable_by(end - start - 1, by_logit_desc);
         }
-        cands[..n].sort_unstable_by(by_logit_desc);
-        let mut acc = 0.0f64;
-        let mut kept = None;
-        for (i, c) in cands[..n].iter().enumerate() {
+        let head = &mut cands[start..end];
+        head.sort_unstable_by(by_logit_desc);
+        let reached = head.iter().position(|c| {
             acc += c.1 as f64;
-            if acc >= threshold {
-                kept = Some(i + 1);
-                break;
-            }
-        }
-        if let Some(len) = kept {
-            cands.truncate(len);
+            acc >= threshold
+        });
+        if let Some(i) = reached {
+            cands.truncate(start + i + 1);
             return acc;
         }
-        if n == cands.len() {
-            // Rounding kept the sum just under the threshold: everything is the nucleus.
-            return acc;
-        }
-        window = window.saturating_mul(4);
+        start = end;
+        chunk = chunk.saturating_mul(8);
     }
+    // Rounding kept the sum just under the threshold: everything is the nucleus.
+    acc
 }
 
 /// Index of the first largest non-NaN value.

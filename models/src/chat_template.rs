@@ -8,14 +8,14 @@
 //! special tokens (`bos_token`, ...) and any extra kwargs. This module builds the same
 //! environment; python string methods come from `minijinja_contrib::pycompat`.
 
+mod pyfmt;
 #[cfg(test)]
 mod tests;
 mod tojson;
 
 use std::path::Path;
 
-use minijinja::value::ValueKind;
-use minijinja::{AutoEscape, Environment, Error, ErrorKind, Output, State, Value};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -75,7 +75,7 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         // jinja2's Environment default; minijinja would otherwise escape by file extension
         env.set_auto_escape_callback(|_| AutoEscape::None);
-        env.set_formatter(python_formatter);
+        env.set_formatter(pyfmt::python_formatter);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -124,7 +124,8 @@ impl ChatTemplate {
         let Some(source) = source else {
             return Ok(None);
         };
-        let mut template = Self::new(&source, None, None)?;
+        let mut template = Self::new(&source, None, None)
+            .map_err(|err| ModelError::ChatTemplate(format!("{}: {}", path.display(), err)))?;
         for name in [
             "bos_token",
             "eos_token",
@@ -241,20 +242,6 @@ fn strftime_now(format: String) -> std::result::Result<Value, Error> {
         )
     })?;
     Ok(Value::from(out))
-}
-
-/// Prints values as python's `str()` does where minijinja differs: `None`, `True`, `False`.
-fn python_formatter(
-    out: &mut Output,
-    state: &State,
-    value: &Value,
-) -> std::result::Result<(), Error> {
-    match value.kind() {
-        ValueKind::None => out.write_str("None")?,
-        ValueKind::Bool => out.write_str(if value.is_true() { "True" } else { "False" })?,
-        _ => minijinja::escape_formatter(out, state, value)?,
-    }
-    Ok(())
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {

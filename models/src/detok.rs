@@ -49,7 +49,7 @@ impl<T: Borrow<Tokenizer>> IncrementalDecoder<T> {
     /// last few context ids are kept, as that is all the window needs.
     pub fn with_context(tokenizer: T, context: &[u32], skip_special_tokens: bool) -> Result<Self> {
         // A handful of ids is enough to get past any partial character and the first-token
-        // space stripping; TGI uses the same margin.
+        // space stripping (vLLM and TGI start their windows the same distance back).
         const CONTEXT_IDS: usize = 5;
         let tail = &context[context.len().saturating_sub(CONTEXT_IDS)..];
         let mut decoder = Self::new(tokenizer, skip_special_tokens);

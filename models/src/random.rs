@@ -100,3 +100,82 @@ fn unit(seed: u64, i: u64) -> f32 {
     z ^= z >> 31;
     (z >> 40) as f32 / (1u64 << 24) as f32
 }
+
+/// A tokenizer for models without one (random weights): one token per byte (GPT-2 byte-level
+/// alphabet), ids 0..256, no merges. Any text round-trips.
+pub fn byte_level_tokenizer() -> Result<crate::tokenizer::Tokenizer> {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0u8..=255)
+        .map(|b| (byte_char(b).to_string(), serde_json::Value::from(b as u32)))
+        .collect();
+    let spec = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "vocab": vocab, "merges": []}
+    });
+    let inner = tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes())
+        .map_err(|e| ModelError::Tokenizer(format!("byte-level tokenizer: {e}")))?;
+    Ok(crate::tokenizer::Tokenizer::from_hf(inner))
+}
+
+/// GPT-2's reversible byte -> printable character map: printable Latin-1 bytes stand for
+/// themselves, the rest are shifted past 255 in order.
+fn byte_char(b: u8) -> char {
+    let printable = |x: u8| (b'!'..=b'~').contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x);
+    if printable(b) {
+        return b as char;
+    }
+    let shifted = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + shifted).unwrap_or('?')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_tokenizer_round_trips_any_text() {
+        let tok = byte_level_tokenizer().unwrap();
+        for text in ["hello world", "é 日本 🙂\n\t  x", ""] {
+            let ids = tok.encode(text, false).unwrap();
+            assert_eq!(ids.len(), text.len());
+            assert_eq!(tok.decode(&ids, false).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn random_weights_are_seeded_and_shaped() {
+        let config = crate::config::LlamaConfig {
+            architecture: "LlamaForCausalLM".into(),
+            vocab_size: 300,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        };
+        let a = RandomLlamaWeights::new(config.clone(), 7);
+        let b = RandomLlamaWeights::new(config, 8);
+        let name = "model.layers.1.self_attn.k_proj.weight";
+        let ta = a.tensor(name, Some(DType::F32)).unwrap();
+        assert_eq!(ta.shape(), &[16, 32]);
+        let va = ta.to_vec::<f32>().unwrap();
+        assert_eq!(va, a.tensor(name, Some(DType::F32)).unwrap().to_vec::<f32>().unwrap());
+        assert_ne!(va, b.tensor(name, Some(DType::F32)).unwrap().to_vec::<f32>().unwrap());
+        assert!(!a.contains("lm_head.weight"));
+        assert!(a.tensor("model.layers.2.mlp.up_proj.weight", None).is_err());
+    }
+}

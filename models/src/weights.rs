@@ -25,13 +25,17 @@ pub struct SafetensorsWeights {
 
 impl SafetensorsWeights {
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        let files = shard_files(dir)?;
+        Self::open_files(&shard_files(dir)?)
+    }
+
+    /// The tensors of the given safetensors files together.
+    pub fn open_files(files: &[PathBuf]) -> Result<Self> {
         let mut weights = SafetensorsWeights {
             shards: Vec::new(),
             entries: HashMap::new(),
         };
         for path in files {
-            weights.add_file(&path)?;
+            weights.add_file(path)?;
         }
         Ok(weights)
     }

@@ -42,16 +42,10 @@ impl Backend for CpuBackend {
             .map(|t| t.contiguous())
             .collect::<Result<_>>()?;
         let n: usize = shape.iter().product();
-        if dtype != DType::F32 {
-            return match op {
-                Op::Argmax => argmax(&inputs[0], &shape, n),
-                Op::Cast { to } => cast(&inputs[0], *to, &shape),
-                _ => Err(EngineError::Unsupported {
-                    op: op.name(),
-                    backend: self.name(),
-                    dtypes,
-                }),
-            };
+        match op {
+            Op::Argmax => return argmax(&inputs[0], &shape, n),
+            Op::Cast { to } => return cast(&inputs[0], *to, &shape),
+            _ => debug_assert_eq!(dtype, DType::F32),
         }
         let mut out = vec![0f32; n];
         run_f32(op, &inputs, &mut out)?;

@@ -3,7 +3,10 @@ use rayon::prelude::*;
 /// Index of the largest value of each row of `x` [rows, cols]; the first one on ties; NaN is
 /// never chosen over a number.
 pub fn argmax(x: &[f32], rows: usize, cols: usize, out: &mut [u32]) {
-    assert!(x.len() >= rows * cols && out.len() >= rows, "argmax: short buffers");
+    assert!(
+        x.len() >= rows * cols && out.len() >= rows,
+        "argmax: short buffers"
+    );
     if cols == 0 {
         out[..rows].fill(0);
         return;
@@ -25,7 +28,10 @@ pub fn argmax(x: &[f32], rows: usize, cols: usize, out: &mut [u32]) {
             *o = row(r);
         }
     } else {
-        out[..rows].par_iter_mut().zip(x.par_chunks_exact(cols)).for_each(|(o, r)| *o = row(r));
+        out[..rows]
+            .par_iter_mut()
+            .zip(x.par_chunks_exact(cols))
+            .for_each(|(o, r)| *o = row(r));
     }
 }
 
@@ -45,7 +51,10 @@ mod tests {
             for r in 0..rows {
                 let row = &x[r * cols..(r + 1) * cols];
                 let want = (0..cols).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-                assert_eq!(out[r] as usize, want, "rows={rows} cols={cols} row {r} (seed {s:#x})");
+                assert_eq!(
+                    out[r] as usize, want,
+                    "rows={rows} cols={cols} row {r} (seed {s:#x})"
+                );
             }
         }
     }

@@ -30,12 +30,29 @@ const TASK_WORK: usize = 1 << 15;
 /// `q`: [q_len, num_heads, head_dim]; `k`, `v`: [kv_len, num_kv_heads, head_dim];
 /// `out`: [q_len, num_heads, head_dim]. f32 softmax state.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionParams) {
-    let AttentionParams { q_len, kv_len, num_heads, num_kv_heads, head_dim: d, scale, causal } = p;
-    assert!(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "attention: bad GQA ratio");
+    let AttentionParams {
+        q_len,
+        kv_len,
+        num_heads,
+        num_kv_heads,
+        head_dim: d,
+        scale,
+        causal,
+    } = p;
+    assert!(
+        num_kv_heads > 0 && num_heads % num_kv_heads == 0,
+        "attention: bad GQA ratio"
+    );
     let q_size = q_len * num_heads * d;
     let kv_size = kv_len * num_kv_heads * d;
-    assert!(q.len() >= q_size && out.len() >= q_size, "attention: q or out too short");
-    assert!(k.len() >= kv_size && v.len() >= kv_size, "attention: k or v too short");
+    assert!(
+        q.len() >= q_size && out.len() >= q_size,
+        "attention: q or out too short"
+    );
+    assert!(
+        k.len() >= kv_size && v.len() >= kv_size,
+        "attention: k or v too short"
+    );
     if d == 0 {
         return;
     }
@@ -45,7 +62,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionP
         let (t, h) = (idx / num_heads, idx % num_heads);
         let kvh = h / group;
         let qv = &q[idx * d..(idx + 1) * d];
-        let seen = if causal { visible(t, q_len, kv_len) } else { kv_len };
+        let seen = if causal {
+            visible(t, q_len, kv_len)
+        } else {
+            kv_len
+        };
         o.fill(0.0);
         if seen == 0 {
             return;
@@ -78,7 +99,10 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionP
     } else {
         let per_item = (kv_len * d).max(1);
         let min_len = (TASK_WORK / per_item).max(1);
-        out.par_chunks_exact_mut(d).enumerate().with_min_len(min_len).for_each(|(idx, o)| item(idx, o));
+        out.par_chunks_exact_mut(d)
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each(|(idx, o)| item(idx, o));
     }
 }
 
@@ -111,12 +135,20 @@ mod tests {
         for t in 0..p.q_len {
             for h in 0..p.num_heads {
                 let kvh = h / group;
-                let seen = if p.causal { visible(t, p.q_len, p.kv_len) } else { p.kv_len };
+                let seen = if p.causal {
+                    visible(t, p.q_len, p.kv_len)
+                } else {
+                    p.kv_len
+                };
                 let qv = &q[(t * p.num_heads + h) * d..][..d];
                 let s: Vec<f64> = (0..seen)
                     .map(|j| {
                         let kj = &k[(j * p.num_kv_heads + kvh) * d..][..d];
-                        qv.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * p.scale as f64
+                        qv.iter()
+                            .zip(kj)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * p.scale as f64
                     })
                     .collect();
                 let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -172,7 +204,15 @@ mod tests {
     /// Large scores must not overflow: the max is subtracted before exp.
     #[test]
     fn large_scores_are_stable() {
-        let p = AttentionParams { q_len: 1, kv_len: 2, num_heads: 1, num_kv_heads: 1, head_dim: 1, scale: 1.0, causal: true };
+        let p = AttentionParams {
+            q_len: 1,
+            kv_len: 2,
+            num_heads: 1,
+            num_kv_heads: 1,
+            head_dim: 1,
+            scale: 1.0,
+            causal: true,
+        };
         let mut out = [f32::NAN];
         attention(&[1000.0], &[1.0, 0.9], &[2.0, 4.0], &mut out, p);
         assert!((out[0] - 2.0).abs() < 1e-6, "{out:?}");

@@ -8,7 +8,10 @@ pub(crate) const PAR_CHUNK: usize = 1 << 15;
 
 /// Runs `f` over matching chunks of `a`, `b` and `out`, in parallel when they are large.
 fn zip2(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync) {
-    assert!(a.len() == out.len() && b.len() == out.len(), "binary op: length mismatch");
+    assert!(
+        a.len() == out.len() && b.len() == out.len(),
+        "binary op: length mismatch"
+    );
     if out.len() <= PAR_CHUNK {
         f(a, b, out);
     } else {
@@ -59,10 +62,18 @@ mod tests {
             let (a, b) = (rng.vec(n), rng.vec(n));
             let mut out = vec![f32::NAN; n];
             add(&a, &b, &mut out);
-            let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| *x as f64 + *y as f64).collect();
+            let want: Vec<f64> = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| *x as f64 + *y as f64)
+                .collect();
             assert_close(&out, &want, 1e-14, s, &format!("add n={n}"));
             mul(&a, &b, &mut out);
-            let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).collect();
+            let want: Vec<f64> = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| *x as f64 * *y as f64)
+                .collect();
             assert_close(&out, &want, 1e-14, s, &format!("mul n={n}"));
             scale(&a, 0.37, &mut out);
             let want: Vec<f64> = a.iter().map(|x| *x as f64 * 0.37f32 as f64).collect();

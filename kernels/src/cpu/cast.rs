@@ -13,7 +13,9 @@ fn par_convert<A: Sync, B: Send>(x: &[A], out: &mut [B], f: impl Fn(&[A], &mut [
     if x.len() <= CHUNK {
         f(x, out);
     } else {
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| f(x, o));
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, x)| f(x, o));
     }
 }
 
@@ -62,7 +64,11 @@ mod tests {
             let mut b = vec![bf16::ZERO; n];
             f32_to_bf16(&x, &mut b);
             for (i, (&v, h)) in x.iter().zip(&b).enumerate() {
-                assert_eq!(h.to_bits(), rne_bf16_bits(v), "n={n} i={i} v={v} (seed {s:#x})");
+                assert_eq!(
+                    h.to_bits(),
+                    rne_bf16_bits(v),
+                    "n={n} i={i} v={v} (seed {s:#x})"
+                );
             }
             let mut back = vec![f32::NAN; n];
             bf16_to_f32(&b, &mut back);
@@ -85,7 +91,10 @@ mod tests {
             for (i, (&v, &r)) in x.iter().zip(&back).enumerate() {
                 // Nearest: error at most half an f16 ulp (2^-11 relative, 2^-25 absolute near 0).
                 let tol = (v.abs() * (2f32).powi(-11)).max((2f32).powi(-25));
-                assert!((v - r).abs() <= tol, "n={n} i={i} v={v} r={r} (seed {s:#x})");
+                assert!(
+                    (v - r).abs() <= tol,
+                    "n={n} i={i} v={v} r={r} (seed {s:#x})"
+                );
             }
         }
         let mut h = [f16::ZERO; 2];

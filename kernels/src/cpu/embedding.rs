@@ -22,7 +22,9 @@ pub fn embedding(table: WeightSlice<'_>, hidden: usize, ids: &[u32], out: &mut [
             row(id, o);
         }
     } else {
-        out.par_chunks_exact_mut(hidden).zip(ids).for_each(|(o, &id)| row(id, o));
+        out.par_chunks_exact_mut(hidden)
+            .zip(ids)
+            .for_each(|(o, &id)| row(id, o));
     }
 }
 
@@ -39,17 +41,27 @@ mod tests {
         for (vocab, hidden, n) in [(1, 1, 1), (40, 31, 33), (50, 32, 31), (1000, 576, 300)] {
             let t = rng.vec(vocab * hidden);
             let tb: Vec<bf16> = t.iter().map(|&v| bf16::from_f32(v)).collect();
-            let ids: Vec<u32> = (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+            let ids: Vec<u32> = (0..n)
+                .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                .collect();
             let mut out = vec![f32::NAN; n * hidden];
             embedding(WeightSlice::F32(&t), hidden, &ids, &mut out);
             for (i, &id) in ids.iter().enumerate() {
                 let want = &t[id as usize * hidden..(id as usize + 1) * hidden];
-                assert_eq!(&out[i * hidden..(i + 1) * hidden], want, "f32 row {i} (seed {s:#x})");
+                assert_eq!(
+                    &out[i * hidden..(i + 1) * hidden],
+                    want,
+                    "f32 row {i} (seed {s:#x})"
+                );
             }
             embedding(WeightSlice::BF16(&tb), hidden, &ids, &mut out);
             for (i, &id) in ids.iter().enumerate() {
                 for c in 0..hidden {
-                    assert_eq!(out[i * hidden + c], tb[id as usize * hidden + c].to_f32(), "bf16 (seed {s:#x})");
+                    assert_eq!(
+                        out[i * hidden + c],
+                        tb[id as usize * hidden + c].to_f32(),
+                        "bf16 (seed {s:#x})"
+                    );
                 }
             }
         }

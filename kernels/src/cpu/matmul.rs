@@ -55,6 +55,10 @@ impl Isa {
 
 /// Below this many multiply-adds a call runs on the calling thread: waking rayon costs more.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
+/// The same for the direct (small M) path, where a thread streams weights at ~20 G elem/s from
+/// L2/L3: measured on 2 shared Zen 3 cores, splitting 576×576 or 1536×576 across threads was
+/// slower than one thread (wake-up latency), while the 49152×576 lm_head gained ~35%.
+const PARALLEL_MIN_WORK_DIRECT: usize = 1 << 20;
 /// Weight elements per rayon task on the direct (small M) path.
 const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// Widened f32 weight elements per block on the blocked path (256 KiB: stays in L2).
@@ -67,12 +71,33 @@ const NR: usize = 3;
 /// Weight rows per register tile for a single x row (8 independent FMA chains hide latency).
 const NR_GEMV: usize = 8;
 
-pub(crate) fn matmul_with(x: &[f32], w: WeightSlice<'_>, out: &mut [f32], p: MatmulParams, isa: Isa) {
+pub(crate) fn matmul_with(
+    x: &[f32],
+    w: WeightSlice<'_>,
+    out: &mut [f32],
+    p: MatmulParams,
+    isa: Isa,
+) {
     let MatmulParams { m, n, k } = p;
     // The unsafe tiles below index by these sizes, so they are checked here, once.
-    assert!(x.len() >= m * k, "matmul: x has {} elements, need {}", x.len(), m * k);
-    assert!(w.len() >= n * k, "matmul: w has {} elements, need {}", w.len(), n * k);
-    assert!(out.len() >= m * n, "matmul: out has {} elements, need {}", out.len(), m * n);
+    assert!(
+        x.len() >= m * k,
+        "matmul: x has {} elements, need {}",
+        x.len(),
+        m * k
+    );
+    assert!(
+        w.len() >= n * k,
+        "matmul: w has {} elements, need {}",
+        w.len(),
+        n * k
+    );
+    assert!(
+        out.len() >= m * n,
+        "matmul: out has {} elements, need {}",
+        out.len(),
+        m * n
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -183,7 +208,11 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
     let blocked = m >= MR;
     // Rows of w per task: a multiple of the tile width so only the last block has an edge.
     let nr = if blocked { NR } else { NR_GEMV };
-    let elems = if blocked { BLOCKED_BLOCK_ELEMS } else { DIRECT_BLOCK_ELEMS };
+    let elems = if blocked {
+        BLOCKED_BLOCK_ELEMS
+    } else {
+        DIRECT_BLOCK_ELEMS
+    };
     let nb = (elems / k).max(1).div_ceil(nr) * nr;
     let blocks = n.div_ceil(nb);
     let optr = OutPtr(out.as_mut_ptr());
@@ -210,7 +239,12 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
             });
         }
     };
-    if blocks > 1 && m * n * k >= PARALLEL_MIN_WORK {
+    let min_work = if blocked {
+        PARALLEL_MIN_WORK
+    } else {
+        PARALLEL_MIN_WORK_DIRECT
+    };
+    if blocks > 1 && m * n * k >= min_work {
         (0..blocks).into_par_iter().for_each(task);
     } else {
         (0..blocks).for_each(task);
@@ -229,7 +263,16 @@ enum Rows<'a, T> {
 /// `o` must be valid for writes at `i * ldo + j` for i < m, j < rows; x holds m·k values and
 /// the weight block rows·k.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tiles<T: Weight>(x: &[f32], m: usize, w: Rows<'_, T>, rows: usize, k: usize, o: *mut f32, ldo: usize, isa: Isa) {
+unsafe fn tiles<T: Weight>(
+    x: &[f32],
+    m: usize,
+    w: Rows<'_, T>,
+    rows: usize,
+    k: usize,
+    o: *mut f32,
+    ldo: usize,
+    isa: Isa,
+) {
     match isa {
         Isa::Portable => match w {
             Rows::Stored(w) => portable::tiles(x, m, w, rows, k, o, ldo),
@@ -254,7 +297,15 @@ fn reduce8(a: [f32; 8]) -> f32 {
 mod portable {
     use super::{reduce8, Weight};
 
-    pub(super) unsafe fn tiles<T: Weight>(x: &[f32], m: usize, w: &[T], rows: usize, k: usize, o: *mut f32, ldo: usize) {
+    pub(super) unsafe fn tiles<T: Weight>(
+        x: &[f32],
+        m: usize,
+        w: &[T],
+        rows: usize,
+        k: usize,
+        o: *mut f32,
+        ldo: usize,
+    ) {
         for i in 0..m {
             let xr = &x[i * k..(i + 1) * k];
             for j in 0..rows {
@@ -295,7 +346,13 @@ mod avx2 {
 
     /// Register tile: R rows of x against C rows of w, each output one canonical-order dot.
     #[inline(always)]
-    unsafe fn tile<T: Weight, const R: usize, const C: usize>(x: *const f32, w: *const T, k: usize, o: *mut f32, ldo: usize) {
+    unsafe fn tile<T: Weight, const R: usize, const C: usize>(
+        x: *const f32,
+        w: *const T,
+        k: usize,
+        o: *mut f32,
+        ldo: usize,
+    ) {
         let k8 = k - k % 8;
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         let mut c = 0;
@@ -369,7 +426,6 @@ mod avx2 {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,7 +435,9 @@ mod tests {
         let mut out = vec![0f64; p.m * p.n];
         for i in 0..p.m {
             for j in 0..p.n {
-                out[i * p.n + j] = (0..p.k).map(|t| x[i * p.k + t] as f64 * w[j * p.k + t] as f64).sum();
+                out[i * p.n + j] = (0..p.k)
+                    .map(|t| x[i * p.k + t] as f64 * w[j * p.k + t] as f64)
+                    .sum();
             }
         }
         out
@@ -426,7 +484,13 @@ mod tests {
                 }
             };
             let want = reference(&x, &wr, p);
-            assert_close(&out, &want, tol, s, &format!("{dtype} {isa:?} m={m} n={n} k={k}"));
+            assert_close(
+                &out,
+                &want,
+                tol,
+                s,
+                &format!("{dtype} {isa:?} m={m} n={n} k={k}"),
+            );
         }
     }
 
@@ -466,13 +530,21 @@ mod tests {
             let wf = rng.vec(n * k);
             let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
             let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
-            for w in [WeightSlice::F32(&wf), WeightSlice::BF16(&wb), WeightSlice::F16(&wh)] {
+            for w in [
+                WeightSlice::F32(&wf),
+                WeightSlice::BF16(&wb),
+                WeightSlice::F16(&wh),
+            ] {
                 let mut a = vec![0f32; m * n];
                 let mut b = vec![0f32; m * n];
                 matmul_with(&x, w, &mut a, p, isa);
                 matmul_with(&x, w, &mut b, p, Isa::Portable);
                 let same = a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits());
-                assert!(same, "SIMD != portable for {w:?} m={m} n={n} k={k} (seed {s:#x})", w = std::mem::discriminant(&w));
+                assert!(
+                    same,
+                    "SIMD != portable for {w:?} m={m} n={n} k={k} (seed {s:#x})",
+                    w = std::mem::discriminant(&w)
+                );
             }
         }
     }
@@ -487,11 +559,24 @@ mod tests {
         let wf = rng.vec(n * k);
         let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
         let mut all = vec![0f32; m * n];
-        matmul(&x, WeightSlice::BF16(&wb), &mut all, MatmulParams { m, n, k });
+        matmul(
+            &x,
+            WeightSlice::BF16(&wb),
+            &mut all,
+            MatmulParams { m, n, k },
+        );
         for i in 0..m {
             let mut one = vec![0f32; n];
-            matmul(&x[i * k..(i + 1) * k], WeightSlice::BF16(&wb), &mut one, MatmulParams { m: 1, n, k });
-            let same = one.iter().zip(&all[i * n..(i + 1) * n]).all(|(u, v)| u.to_bits() == v.to_bits());
+            matmul(
+                &x[i * k..(i + 1) * k],
+                WeightSlice::BF16(&wb),
+                &mut one,
+                MatmulParams { m: 1, n, k },
+            );
+            let same = one
+                .iter()
+                .zip(&all[i * n..(i + 1) * n])
+                .all(|(u, v)| u.to_bits() == v.to_bits());
             assert!(same, "row {i} differs between m=1 and m={m} (seed {s:#x})");
         }
     }
@@ -499,7 +584,12 @@ mod tests {
     #[test]
     fn empty_k_gives_zeros() {
         let mut out = vec![f32::NAN; 6];
-        matmul(&[], WeightSlice::F32(&[]), &mut out, MatmulParams { m: 2, n: 3, k: 0 });
+        matmul(
+            &[],
+            WeightSlice::F32(&[]),
+            &mut out,
+            MatmulParams { m: 2, n: 3, k: 0 },
+        );
         assert!(out.iter().all(|&v| v == 0.0));
     }
 }

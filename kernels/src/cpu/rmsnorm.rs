@@ -10,7 +10,10 @@ pub struct RmsNormParams {
 /// out = x / sqrt(mean(x^2) + eps) * w, per row (as HF LlamaRMSNorm, f32 throughout).
 pub fn rmsnorm(x: &[f32], w: &[f32], out: &mut [f32], p: RmsNormParams) {
     let RmsNormParams { rows, cols, eps } = p;
-    assert!(x.len() >= rows * cols && out.len() >= rows * cols && w.len() >= cols, "rmsnorm: short buffers");
+    assert!(
+        x.len() >= rows * cols && out.len() >= rows * cols && w.len() >= cols,
+        "rmsnorm: short buffers"
+    );
     if cols == 0 {
         return;
     }
@@ -29,7 +32,9 @@ pub fn rmsnorm(x: &[f32], w: &[f32], out: &mut [f32], p: RmsNormParams) {
             row(x, o);
         }
     } else {
-        out.par_chunks_exact_mut(cols).zip(x.par_chunks_exact(cols)).for_each(|(o, x)| row(x, o));
+        out.par_chunks_exact_mut(cols)
+            .zip(x.par_chunks_exact(cols))
+            .for_each(|(o, x)| row(x, o));
     }
 }
 
@@ -81,7 +86,16 @@ mod tests {
     #[test]
     fn zero_row_stays_finite() {
         let mut out = [f32::NAN; 4];
-        rmsnorm(&[0.0; 4], &[1.0; 4], &mut out, RmsNormParams { rows: 1, cols: 4, eps: 1e-6 });
+        rmsnorm(
+            &[0.0; 4],
+            &[1.0; 4],
+            &mut out,
+            RmsNormParams {
+                rows: 1,
+                cols: 4,
+                eps: 1e-6,
+            },
+        );
         assert_eq!(out, [0.0; 4]);
     }
 }

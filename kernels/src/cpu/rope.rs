@@ -22,26 +22,34 @@ pub struct RopeParams {
 /// Rotates `x` [tokens, heads, head_dim] in place. Angle for pair i at token t is
 /// `(positions[t] as f32) * inv_freq[i]` computed in f32 (as HF does), `inv_freq.len() == head_dim/2`.
 pub fn rope(x: &mut [f32], positions: &[u32], inv_freq: &[f32], p: RopeParams) {
-    let RopeParams { tokens, heads, head_dim, style, attention_scaling } = p;
+    let RopeParams {
+        tokens,
+        heads,
+        head_dim,
+        style,
+        attention_scaling,
+    } = p;
     let half = head_dim / 2;
     let per_token = heads * head_dim;
     assert!(x.len() >= tokens * per_token, "rope: x too short");
-    assert!(positions.len() >= tokens && inv_freq.len() >= half, "rope: positions or inv_freq too short");
+    assert!(
+        positions.len() >= tokens && inv_freq.len() >= half,
+        "rope: positions or inv_freq too short"
+    );
     if per_token == 0 || half == 0 {
         return;
     }
     // One cos/sin table per token, shared by its heads; `table` is per-task scratch.
     let token = |table: &mut Vec<f32>, pos: u32, xt: &mut [f32]| {
+        // cos then sin halves; the angle is an f32 product as in HF, its cos/sin correctly
+        // rounded (f64 evaluation), as torch's f32 cos/sin are to within an ulp.
         table.clear();
-        for &f in &inv_freq[..half] {
-            // The angle is an f32 product as in HF; cos/sin of it are then correctly rounded
-            // (f64 evaluation), as torch's f32 cos/sin are to within an ulp.
-            let a = (pos as f32 * f) as f64;
-            table.push(a.cos() as f32 * attention_scaling);
-        }
-        for &f in &inv_freq[..half] {
-            let a = (pos as f32 * f) as f64;
-            table.push(a.sin() as f32 * attention_scaling);
+        table.resize(2 * half, 0.0);
+        let (cos, sin) = table.split_at_mut(half);
+        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(&inv_freq[..half]) {
+            let (sa, ca) = ((pos as f32 * f) as f64).sin_cos();
+            *c = ca as f32 * attention_scaling;
+            *s = sa as f32 * attention_scaling;
         }
         let (cos, sin) = table.split_at(half);
         for h in xt.chunks_exact_mut(head_dim) {
@@ -55,10 +63,12 @@ pub fn rope(x: &mut [f32], positions: &[u32], inv_freq: &[f32], p: RopeParams) {
             token(&mut table, pos, xt);
         }
     } else {
-        x.par_chunks_exact_mut(per_token).zip(positions).for_each_init(
-            || Vec::with_capacity(2 * half),
-            |table, (xt, &pos)| token(table, pos, xt),
-        );
+        x.par_chunks_exact_mut(per_token)
+            .zip(positions)
+            .for_each_init(
+                || Vec::with_capacity(2 * half),
+                |table, (xt, &pos)| token(table, pos, xt),
+            );
     }
 }
 
@@ -89,6 +99,8 @@ mod tests {
     use super::*;
     use crate::cpu::testutil::{assert_close, seed, Rng};
 
+    // Index loops mirror the formula; clarity beats iterator chains in a reference.
+    #[allow(clippy::needless_range_loop)]
     fn reference(x: &[f32], positions: &[u32], inv_freq: &[f32], p: RopeParams) -> Vec<f64> {
         let half = p.head_dim / 2;
         let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
@@ -97,7 +109,10 @@ mod tests {
                 let base = (t * p.heads + h) * p.head_dim;
                 for i in 0..half {
                     let a = (positions[t] as f32 * inv_freq[i]) as f64;
-                    let (c, s) = (a.cos() * p.attention_scaling as f64, a.sin() * p.attention_scaling as f64);
+                    let (c, s) = (
+                        a.cos() * p.attention_scaling as f64,
+                        a.sin() * p.attention_scaling as f64,
+                    );
                     let (i1, i2) = match p.style {
                         RopeStyle::HalfSplit => (base + i, base + i + half),
                         RopeStyle::Interleaved => (base + 2 * i, base + 2 * i + 1),
@@ -116,16 +131,37 @@ mod tests {
         let s = seed(0x20_0001);
         let mut rng = Rng::new(s);
         for style in [RopeStyle::HalfSplit, RopeStyle::Interleaved] {
-            for (tokens, heads, head_dim) in [(1, 1, 2), (31, 3, 32), (32, 2, 64), (33, 9, 64), (300, 9, 128)] {
-                let p = RopeParams { tokens, heads, head_dim, style, attention_scaling: 1.25 };
+            for (tokens, heads, head_dim) in [
+                (1, 1, 2),
+                (31, 3, 32),
+                (32, 2, 64),
+                (33, 9, 64),
+                (300, 9, 128),
+            ] {
+                let p = RopeParams {
+                    tokens,
+                    heads,
+                    head_dim,
+                    style,
+                    attention_scaling: 1.25,
+                };
                 let half = head_dim / 2;
-                let inv_freq: Vec<f32> =
-                    (0..half).map(|i| 10000f32.powf(-((2 * i) as f32) / head_dim as f32)).collect();
-                let positions: Vec<u32> = (0..tokens).map(|_| (rng.next_u64() % 8192) as u32).collect();
+                let inv_freq: Vec<f32> = (0..half)
+                    .map(|i| 10000f32.powf(-((2 * i) as f32) / head_dim as f32))
+                    .collect();
+                let positions: Vec<u32> = (0..tokens)
+                    .map(|_| (rng.next_u64() % 8192) as u32)
+                    .collect();
                 let mut x = rng.vec(tokens * heads * head_dim);
                 let want = reference(&x, &positions, &inv_freq, p);
                 rope(&mut x, &positions, &inv_freq, p);
-                assert_close(&x, &want, 1e-10, s, &format!("rope {style:?} {tokens}x{heads}x{head_dim}"));
+                assert_close(
+                    &x,
+                    &want,
+                    1e-10,
+                    s,
+                    &format!("rope {style:?} {tokens}x{heads}x{head_dim}"),
+                );
             }
         }
     }
@@ -133,7 +169,13 @@ mod tests {
     #[test]
     fn position_zero_is_identity() {
         let mut x = [0.5f32, -0.25, 0.125, 1.0];
-        let p = RopeParams { tokens: 1, heads: 1, head_dim: 4, style: RopeStyle::HalfSplit, attention_scaling: 1.0 };
+        let p = RopeParams {
+            tokens: 1,
+            heads: 1,
+            head_dim: 4,
+            style: RopeStyle::HalfSplit,
+            attention_scaling: 1.0,
+        };
         rope(&mut x, &[0], &[1.0, 0.01], p);
         assert_eq!(x, [0.5, -0.25, 0.125, 1.0]);
     }

@@ -3,7 +3,10 @@ use rayon::prelude::*;
 
 /// out = silu(gate) * up, silu(x) = x / (1 + exp(-x)).
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(gate.len() == out.len() && up.len() == out.len(), "silu_mul: length mismatch");
+    assert!(
+        gate.len() == out.len() && up.len() == out.len(),
+        "silu_mul: length mismatch"
+    );
     let f = |g: &[f32], u: &[f32], o: &mut [f32]| {
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
             // Same expression as torch's silu; exp(-g) overflowing to inf gives -0 * u, not NaN.
@@ -32,8 +35,11 @@ mod tests {
             let (g, u) = (rng.vec(n), rng.vec(n));
             let mut out = vec![f32::NAN; n];
             silu_mul(&g, &u, &mut out);
-            let want: Vec<f64> =
-                g.iter().zip(&u).map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64).collect();
+            let want: Vec<f64> = g
+                .iter()
+                .zip(&u)
+                .map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64)
+                .collect();
             assert_close(&out, &want, 1e-10, s, &format!("silu_mul n={n}"));
         }
     }

@@ -12,8 +12,16 @@ pub struct SoftmaxParams {
 
 /// Row-wise softmax of `x` [rows, cols] into `out`.
 pub fn softmax(x: &[f32], out: &mut [f32], p: SoftmaxParams) {
-    let SoftmaxParams { rows, cols, scale, causal } = p;
-    assert!(x.len() >= rows * cols && out.len() >= rows * cols, "softmax: short buffers");
+    let SoftmaxParams {
+        rows,
+        cols,
+        scale,
+        causal,
+    } = p;
+    assert!(
+        x.len() >= rows * cols && out.len() >= rows * cols,
+        "softmax: short buffers"
+    );
     if cols == 0 {
         return;
     }
@@ -28,7 +36,11 @@ pub fn softmax(x: &[f32], out: &mut [f32], p: SoftmaxParams) {
     };
     let (x, out) = (&x[..rows * cols], &mut out[..rows * cols]);
     if rows * cols < 1 << 14 {
-        for (r, (x, o)) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)).enumerate() {
+        for (r, (x, o)) in x
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(cols))
+            .enumerate()
+        {
             row(r, x, o);
         }
     } else {
@@ -73,8 +85,14 @@ mod tests {
     fn reference(x: &[f32], p: SoftmaxParams) -> Vec<f64> {
         let mut out = vec![0f64; p.rows * p.cols];
         for r in 0..p.rows {
-            let seen = if p.causal { visible(r, p.rows, p.cols) } else { p.cols };
-            let row: Vec<f64> = (0..seen).map(|c| x[r * p.cols + c] as f64 * p.scale as f64).collect();
+            let seen = if p.causal {
+                visible(r, p.rows, p.cols)
+            } else {
+                p.cols
+            };
+            let row: Vec<f64> = (0..seen)
+                .map(|c| x[r * p.cols + c] as f64 * p.scale as f64)
+                .collect();
             let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
             for c in 0..seen {
@@ -89,19 +107,43 @@ mod tests {
         let s = seed(0x50_0001);
         let mut rng = Rng::new(s);
         for causal in [false, true] {
-            for (rows, cols) in [(1, 1), (1, 31), (31, 32), (32, 32), (33, 33), (5, 49_152), (300, 512)] {
-                let p = SoftmaxParams { rows, cols, scale: 3.0, causal };
+            for (rows, cols) in [
+                (1, 1),
+                (1, 31),
+                (31, 32),
+                (32, 32),
+                (33, 33),
+                (5, 49_152),
+                (300, 512),
+            ] {
+                let p = SoftmaxParams {
+                    rows,
+                    cols,
+                    scale: 3.0,
+                    causal,
+                };
                 let x = rng.vec(rows * cols);
                 let mut out = vec![f32::NAN; rows * cols];
                 softmax(&x, &mut out, p);
-                assert_close(&out, &reference(&x, p), 1e-10, s, &format!("softmax {rows}x{cols} causal={causal}"));
+                assert_close(
+                    &out,
+                    &reference(&x, p),
+                    1e-10,
+                    s,
+                    &format!("softmax {rows}x{cols} causal={causal}"),
+                );
             }
         }
     }
 
     #[test]
     fn more_rows_than_cols_masks_early_rows() {
-        let p = SoftmaxParams { rows: 3, cols: 2, scale: 1.0, causal: true };
+        let p = SoftmaxParams {
+            rows: 3,
+            cols: 2,
+            scale: 1.0,
+            causal: true,
+        };
         let mut out = [f32::NAN; 6];
         softmax(&[1.0; 6], &mut out, p);
         assert_eq!(out, [0.0, 0.0, 1.0, 0.0, 0.5, 0.5]);

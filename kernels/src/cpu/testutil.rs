@@ -52,5 +52,8 @@ pub fn assert_close(got: &[f32], want: &[f64], tol: f64, seed: u64, case: &str) 
 
 /// Seed for a test: fixed, but overridable with KILN_TEST_SEED to explore.
 pub fn seed(default: u64) -> u64 {
-    std::env::var("KILN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var("KILN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }

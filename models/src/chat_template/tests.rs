@@ -15,6 +15,12 @@ fn must_render(source: &str, kwargs: serde_json::Value) -> String {
 }
 
 #[test]
+fn templates_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ChatTemplate>();
+}
+
+#[test]
 fn trim_and_lstrip_blocks_match_jinja2() {
     // trim_blocks eats the newline after a block tag; lstrip_blocks the indent before one
     let source = "{% for m in messages %}\n    {% if true %}\n[{{ m.role }}]\n    {% endif %}\n{% endfor %}\n";
@@ -255,7 +261,16 @@ fn fixture_cases_match_transformers() {
             want_error,
             case.get("rendered").and_then(|r| r.as_str()),
         ) {
-            (Err(_), true, _) => {}
+            (Err(err), true, _) => {
+                // transformers' message is the template's own: it must come through intact
+                let msg = case
+                    .get("error_message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("");
+                if !err.to_string().ends_with(msg) {
+                    failures.push(format!("case {i} ({name}): error {err}, want {msg:?}"));
+                }
+            }
             (Ok(text), true, _) => failures.push(format!(
                 "case {i} ({name}): rendered {text:?}, transformers raised"
             )),
@@ -279,4 +294,101 @@ fn fixture_cases_match_transformers() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Cases rendered by jinja2 configured as transformers configures it (see
+/// gen_jinja2_cases.py beside this file): tools and tool calls through the real Llama 3.1
+/// template, tojson options, python methods and reprs, loop controls, whitespace control.
+#[test]
+fn jinja2_cases_match() {
+    let cases: serde_json::Value =
+        serde_json::from_str(include_str!("jinja2_cases.json")).expect("jinja2_cases.json is JSON");
+    let cases = cases.as_array().expect("a list of cases");
+    assert!(cases.len() >= 10, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in cases {
+        let name = case["name"].as_str().expect("case.name");
+        let source = match case.get("source").and_then(|s| s.as_str()) {
+            Some(source) => source.to_string(),
+            None => read_fixture(&format!(
+                "{}.jinja",
+                case["template"].as_str().expect("template")
+            )),
+        };
+        let template = ChatTemplate::new(&source, Some("<s>".into()), Some("</s>".into()))
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let add = case["add_generation_prompt"].as_bool().unwrap_or(false);
+        let got = template.render_json(&case["messages"], add, &case["kwargs"]);
+        match (got, case.get("error_message").and_then(|m| m.as_str())) {
+            (Err(err), Some(msg)) if err.to_string().ends_with(msg) => {}
+            (Ok(text), None) if Some(text.as_str()) == case["rendered"].as_str() => {}
+            (got, _) => failures.push(format!(
+                "{name}:\n got  {got:?}\n want {:?}",
+                case.get("rendered").or(case.get("error_message"))
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The tiny model's tokenizer_config.json carries SmolLM2's ChatML template inline with
+/// AddedToken-style specials; loading it must render what transformers rendered.
+#[test]
+fn tiny_model_tokenizer_config_renders_the_chatml_cases() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/llama/tiny-llama3/tokenizer_config.json");
+    assert!(
+        path.is_file(),
+        "fixture {} missing (generate the fixtures)",
+        path.display()
+    );
+    let template = ChatTemplate::from_tokenizer_config(&path)
+        .expect("reads")
+        .expect("the config has a chat_template");
+    let cases: serde_json::Value =
+        serde_json::from_str(&read_fixture("cases.json")).expect("cases.json is JSON");
+    let mut checked = 0;
+    for case in cases.as_array().expect("a list").iter() {
+        if case["template"] != "chatml" || case.get("rendered").is_none() {
+            continue;
+        }
+        let add = case["add_generation_prompt"].as_bool().unwrap_or(false);
+        let kwargs = case
+            .get("kwargs")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let got = template
+            .render_json(&case["messages"], add, &kwargs)
+            .expect("renders");
+        assert_eq!(Some(got.as_str()), case["rendered"].as_str());
+        checked += 1;
+    }
+    assert!(checked > 0, "no chatml cases in cases.json");
+}
+
+/// SmolLM2's own template (from its GGUF metadata) gives the prompt transformers built for
+/// the greedy reference, default system prompt included.
+#[test]
+fn smollm2_chat_prompt_matches_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/smollm2");
+    let read = |name: &str| -> serde_json::Value {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("fixture {} missing: {err}", path.display()));
+        serde_json::from_str(&text).expect("fixture is JSON")
+    };
+    let meta = read("tokenizer_meta.json");
+    let chat = &read("greedy.json")["chat"];
+    let template = ChatTemplate::new(
+        meta["chat_template"]
+            .as_str()
+            .expect("chat_template string"),
+        meta["bos_token"].as_str().map(str::to_string),
+        meta["eos_token"].as_str().map(str::to_string),
+    )
+    .expect("compiles");
+    let got = template
+        .render_json(&chat["messages"], true, &serde_json::Value::Null)
+        .expect("renders");
+    assert_eq!(Some(got.as_str()), chat["prompt_text"].as_str());
 }

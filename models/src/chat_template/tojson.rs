@@ -9,6 +9,8 @@
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Error, ErrorKind, Value};
 
+use super::pyfmt::python_float_repr;
+
 /// Python's json.dumps options, in the positional order of transformers' filter.
 struct Options {
     ensure_ascii: bool,
@@ -186,34 +188,6 @@ fn write_number(out: &mut String, value: &Value) -> Result<(), Error> {
     Ok(())
 }
 
-/// `repr(float)` as python writes it (and so json.dumps): shortest round-trip digits,
-/// `1.0` not `1`, exponent form outside 1e-4..1e16 as `1e+16` / `1.5e-05`.
-fn python_float_repr(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".to_string();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "Infinity" } else { "-Infinity" }.to_string();
-    }
-    if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0" } else { "0.0" }.to_string();
-    }
-    let sci = format!("{f:e}"); // shortest digits, e.g. "1.5e-5"
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    if (-4..16).contains(&exp) {
-        let plain = format!("{f}");
-        if plain.contains('.') {
-            plain
-        } else {
-            plain + ".0"
-        }
-    } else {
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.abs())
-    }
-}
-
 fn write_string(out: &mut String, s: &str, opts: &Options) {
     out.push('"');
     for c in s.chars() {
@@ -236,28 +210,4 @@ fn write_string(out: &mut String, s: &str, opts: &Options) {
         }
     }
     out.push('"');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::python_float_repr;
-
-    #[test]
-    fn floats_print_like_python_repr() {
-        let cases = [
-            (1.0, "1.0"),
-            (0.1, "0.1"),
-            (-2.5, "-2.5"),
-            (1e16, "1e+16"),
-            (1.5e-5, "1.5e-05"),
-            (0.0001, "0.0001"),
-            (123456789012345.6, "123456789012345.6"),
-            (1e100, "1e+100"),
-            (f64::NAN, "NaN"),
-            (f64::NEG_INFINITY, "-Infinity"),
-        ];
-        for (f, want) in cases {
-            assert_eq!(python_float_repr(f), want, "{f}");
-        }
-    }
 }

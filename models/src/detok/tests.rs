@@ -240,8 +240,16 @@ fn window_stays_small_over_a_long_generation() {
 }
 
 #[test]
-fn out_of_vocab_id_is_an_error() {
+fn out_of_vocab_id_is_an_error_and_the_stream_goes_on() {
     let tok = tiny_llama3();
+    let ids = tok.encode("ok then", false).expect("encode");
     let mut decoder = IncrementalDecoder::new(&tok, false);
     assert!(decoder.push(u32::MAX).is_err());
+    assert_eq!(stream(&mut decoder, &ids).concat(), "ok then");
+}
+
+#[test]
+fn an_arc_decoder_can_move_to_another_thread() {
+    fn send<T: Send>() {}
+    send::<IncrementalDecoder<Arc<Tokenizer>>>();
 }

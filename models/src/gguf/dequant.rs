@@ -17,7 +17,11 @@ use super::types::GgmlType;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DequantError {
     Unsupported(GgmlType),
-    BadLength { ty: GgmlType, bytes: usize, row_len: usize },
+    BadLength {
+        ty: GgmlType,
+        bytes: usize,
+        row_len: usize,
+    },
 }
 
 impl std::fmt::Display for DequantError {
@@ -70,11 +74,7 @@ pub fn dequantize_into(
 fn row_plan(ty: GgmlType, bytes: usize, row_len: usize) -> Result<(BlockFn, usize), DequantError> {
     let block_fn = block_fn(ty).ok_or(DequantError::Unsupported(ty))?;
     let (block, type_size) = ty.block_geometry();
-    let bad = DequantError::BadLength {
-        ty,
-        bytes,
-        row_len,
-    };
+    let bad = DequantError::BadLength { ty, bytes, row_len };
     if row_len == 0 || row_len % block != 0 {
         return Err(bad);
     }

@@ -60,15 +60,13 @@ fn matches_gguf_py_on_fixture_blocks() {
 }
 
 /// Two random blocks per type (scales set to finite values) dequantized by gguf-py 0.19
-/// (`gguf.quants.dequantize`), kept as a fingerprint plus three spot values.
-const GGUF_PY_REFERENCES: &[(GgmlType, &str, u64, [f32; 3])] = &[
+/// (`gguf.quants.dequantize`), kept as a fingerprint plus the bits of three spot values.
+const GGUF_PY_REFERENCES: &[(GgmlType, &str, u64, [u32; 3])] = &[
     (
         GgmlType::Q5_0,
-        concat!(
-            "22b4b6faf3fe08fa81ace9fcf7815461b43cde2b7cddcfb18e3eda1a5246fe42841e87234658b051fa763a89",
-        ),
+        "22b4b6faf3fe08fa81ace9fcf7815461b43cde2b7cddcfb18e3eda1a5246fe42841e87234658b051fa763a89",
         0x401dbd1aef72cd2f,
-        [2.06640625, -3.35791015625, -0.5445556640625],
+        [0x40044000, 0xc056e800, 0xbf0b6800],
     ),
     (
         GgmlType::Q5_1,
@@ -77,7 +75,7 @@ const GGUF_PY_REFERENCES: &[(GgmlType, &str, u64, [f32; 3])] = &[
             "74a85ea5",
         ),
         0x185cc0e420929787,
-        [2.259033203125, 4.358154296875, 0.9012451171875],
+        [0x40109400, 0x408b7600, 0x3f66b800],
     ),
     (
         GgmlType::Q2K,
@@ -88,7 +86,7 @@ const GGUF_PY_REFERENCES: &[(GgmlType, &str, u64, [f32; 3])] = &[
             "c997a5c651154a27ee13b1cd6bb304feb38d8d5bb44bad2e301d19da393dabf002b3e835",
         ),
         0x2ebf9a32a8dec909,
-        [-0.0, -4.23541259765625, -9.7294921875],
+        [0x80000000, 0xc0878880, 0xc11bac00],
     ),
     (
         GgmlType::Q3K,
@@ -100,7 +98,7 @@ const GGUF_PY_REFERENCES: &[(GgmlType, &str, u64, [f32; 3])] = &[
             "26785b068e23326bcb7036832bda79adb885df9cf719efb6eaf2c447b2fb9e1ea3e7be73b2602d40f41ae8b7",
         ),
         0x1ca4f66e8717ce47,
-        [29.3115234375, 20.51806640625, -1.9765625],
+        [0x41ea7e00, 0x41a42500, 0xbffd0000],
     ),
     (
         GgmlType::Q5K,
@@ -115,7 +113,7 @@ const GGUF_PY_REFERENCES: &[(GgmlType, &str, u64, [f32; 3])] = &[
             "b5a7f74683b2cc0d7ea50beecb9802fb388e9347970ed00a01dae6f249c6370cbd68b7333b559c918131c390",
         ),
         0x67433e0b6416d6bd,
-        [-3.0810546875, -6.162109375, -446.25439453125],
+        [0xc0453000, 0xc0c53000, 0xc3df2090],
     ),
 ];
 
@@ -126,8 +124,8 @@ fn matches_gguf_py_on_other_types() {
         let block = ty.block_size();
         let got = dequantize(ty, &bytes, block).unwrap();
         assert_eq!(got.len(), 2 * block);
-        let want = [got[0], got[block - 1], got[block + 7]];
-        assert_eq!(want.map(f32::to_bits), spots.map(f32::to_bits), "{ty}: {want:?}");
+        let got_spots = [got[0], got[block - 1], got[block + 7]];
+        assert_eq!(got_spots.map(f32::to_bits), spots, "{ty}: {got_spots:?}");
         assert_eq!(fnv(&got), fingerprint, "{ty}: output differs from gguf-py");
     }
 }
@@ -164,15 +162,29 @@ fn q4_0_hand_computed_block() {
 fn f32_f16_bf16_are_exact() {
     let values = [1.5f32, -0.0, f32::INFINITY, 3.0e-5];
     let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    assert_bits_eq(GgmlType::F32, &dequantize(GgmlType::F32, &f32_bytes, 2).unwrap(), &values);
+    assert_bits_eq(
+        GgmlType::F32,
+        &dequantize(GgmlType::F32, &f32_bytes, 2).unwrap(),
+        &values,
+    );
     let f16_bytes: Vec<u8> = values
         .iter()
         .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
         .collect();
-    let f16_want: Vec<f32> = values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
-    assert_bits_eq(GgmlType::F16, &dequantize(GgmlType::F16, &f16_bytes, 4).unwrap(), &f16_want);
+    let f16_want: Vec<f32> = values
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect();
+    assert_bits_eq(
+        GgmlType::F16,
+        &dequantize(GgmlType::F16, &f16_bytes, 4).unwrap(),
+        &f16_want,
+    );
     let bf16_bytes = [0x80, 0x3f, 0x00, 0xc0]; // 1.0, -2.0
-    assert_eq!(dequantize(GgmlType::Bf16, &bf16_bytes, 2).unwrap(), vec![1.0, -2.0]);
+    assert_eq!(
+        dequantize(GgmlType::Bf16, &bf16_bytes, 2).unwrap(),
+        vec![1.0, -2.0]
+    );
 }
 
 #[test]

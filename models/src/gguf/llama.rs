@@ -299,9 +299,8 @@ fn rope_scaling(gguf: &GgufFile, theta: f64, head_dim: usize) -> Result<Option<R
                 let original = gguf
                     .get_usize("llama.rope.scaling.original_context_length")?
                     .unwrap_or(8192);
-                llama3_from_factors(&factors, theta, head_dim, original).map_err(|e| {
-                    gguf.format_error(format!("{ROPE_FREQS}: {e}"))
-                })
+                llama3_from_factors(&factors, theta, head_dim, original)
+                    .map_err(|e| gguf.format_error(format!("{ROPE_FREQS}: {e}")))
             }
         },
         Some(other) => Err(gguf.format_error(format!(
@@ -311,8 +310,9 @@ fn rope_scaling(gguf: &GgufFile, theta: f64, head_dim: usize) -> Result<Option<R
 }
 
 /// Recovers Llama 3 rope scaling from the per-frequency factors llama.cpp stores instead of
-/// the parameters. The largest factor is `factor`; the band edges are the published Llama
-/// 3.1/3.2 values (low 1, high 4), accepted only if they reproduce every stored factor.
+/// the parameters. The largest factor is taken as `factor` (the lowest frequencies of every
+/// Llama 3.x model are fully scaled); the band edges are the published Llama 3.1/3.2 values
+/// (low 1, high 4). The result is accepted only if it reproduces every stored factor.
 fn llama3_from_factors(
     stored: &[f32],
     theta: f64,
@@ -344,9 +344,11 @@ fn llama3_from_factors(
     if matches {
         Ok(Some(scaling))
     } else {
-        Err("factors do not match Llama 3 scaling with low_freq_factor 1, high_freq_factor 4; \
+        Err(
+            "factors do not match Llama 3 scaling with low_freq_factor 1, high_freq_factor 4; \
              this rope scaling is not supported"
-            .into())
+                .into(),
+        )
     }
 }
 

@@ -1,6 +1,7 @@
 //! GGUF import: the container reader, GGML dequantization, the Llama-architecture mapping
 //! onto HF names/shapes/config, and the tokenizer and chat template kept in GGUF metadata.
 
+mod cursor;
 pub mod dequant;
 pub mod llama;
 pub mod reader;

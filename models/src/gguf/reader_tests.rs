@@ -89,10 +89,19 @@ fn reads_every_value_type_and_tensor() {
     assert_eq!(w.ggml_type, GgmlType::F32);
     assert_eq!(w.n_elements, 6);
     assert_eq!(w.n_bytes, 24);
-    assert_eq!(g.tensor_data(w).unwrap(), &f32_bytes(&[1., 2., 3., 4., 5., 6.])[..]);
+    assert_eq!(
+        g.tensor_data(w).unwrap(),
+        &f32_bytes(&[1., 2., 3., 4., 5., 6.])[..]
+    );
     let v = g.tensor("v").unwrap();
-    assert_eq!(v.offset, 32, "second tensor starts at the next aligned offset");
-    assert_eq!(g.tensor_data(v).unwrap(), &[0, 0x3c, 0, 0x40, 0, 0xc0, 0, 0]);
+    assert_eq!(
+        v.offset, 32,
+        "second tensor starts at the next aligned offset"
+    );
+    assert_eq!(
+        g.tensor_data(v).unwrap(),
+        &[0, 0x3c, 0, 0x40, 0, 0xc0, 0, 0]
+    );
     assert_eq!(g.tensors().len(), 2);
 }
 
@@ -100,8 +109,14 @@ fn reads_every_value_type_and_tensor() {
 fn wrong_metadata_type_names_the_key() {
     let g = open_bytes(&sample().build()).unwrap();
     let err = g.get_u64("general.architecture").unwrap_err().to_string();
-    assert!(err.contains("general.architecture") && err.contains("string"), "{err}");
-    assert!(g.get_u64("a.i8").is_err(), "negative is not an unsigned integer");
+    assert!(
+        err.contains("general.architecture") && err.contains("string"),
+        "{err}"
+    );
+    assert!(
+        g.get_u64("a.i8").is_err(),
+        "negative is not an unsigned integer"
+    );
     assert!(g.get_str("a.u8").is_err());
 }
 
@@ -149,9 +164,15 @@ fn absurd_counts_and_lengths_fail_before_allocating() {
     for at in [8, 16] {
         let mut bytes = base.clone();
         bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(format_message(&bytes).contains("impossible"), "field at {at}");
+        assert!(
+            format_message(&bytes).contains("impossible"),
+            "field at {at}"
+        );
         bytes[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(format_message(&bytes).contains("impossible"), "field at {at}");
+        assert!(
+            format_message(&bytes).contains("impossible"),
+            "field at {at}"
+        );
     }
     // first key length
     let mut bytes = base.clone();
@@ -159,10 +180,7 @@ fn absurd_counts_and_lengths_fail_before_allocating() {
     assert!(format_message(&bytes).contains("length of metadata key #0"));
 
     // array length: a string array whose count claims 2^60 entries
-    let b = GgufBuilder::new().kv(
-        "big",
-        GgufValue::Array(GgufArray::String(vec!["a".into()])),
-    );
+    let b = GgufBuilder::new().kv("big", GgufValue::Array(GgufArray::String(vec!["a".into()])));
     let mut bytes = b.build();
     let len_at = 24 + 8 + 3 + 4 + 4;
     assert_eq!(bytes[len_at..len_at + 8], 1u64.to_le_bytes());
@@ -182,7 +200,10 @@ fn corrupt_tensor_tables() {
     assert!(format_message(&t(&[u64::MAX, 4], 0, vec![])).contains("impossible shape"));
     // Claims more data than the file holds.
     let message = format_message(&t(&[64], 0, vec![0; 16]));
-    assert!(message.contains("runs past the end") && message.contains("tensor t"), "{message}");
+    assert!(
+        message.contains("runs past the end") && message.contains("tensor t"),
+        "{message}"
+    );
     // Misaligned offset.
     let mut bytes = t(&[4], 0, vec![0; 16]);
     let mut b2 = bytes.clone();
@@ -205,8 +226,9 @@ fn corrupt_metadata() {
     bytes[24 + 8 + 1..24 + 8 + 1 + 4].copy_from_slice(&77u32.to_le_bytes());
     assert!(format_message(&bytes).contains("unknown value type 77"));
     let mut bytes = GgufBuilder::new().kv("k", str_val("ab")).build();
-    let last = bytes.len() - 1;
-    bytes[last] = 0xff;
+    // header 24, key "k" 9, type 4, length 8, then the string's bytes
+    assert_eq!(&bytes[45..47], b"ab");
+    bytes[45] = 0xff;
     assert!(format_message(&bytes).contains("not valid UTF-8"));
     // Arrays nested deeper than the cap.
     let mut nested = GgufArray::U8(vec![1]);

@@ -51,8 +51,12 @@ pub fn special_tokens(gguf: &GgufFile) -> Result<GgufSpecialTokens> {
         eot: id("eot_token_id")?,
         unk: id("unknown_token_id")?,
         pad: id("padding_token_id")?,
-        add_bos: gguf.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false),
-        add_eos: gguf.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+        add_bos: gguf
+            .get_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(false),
+        add_eos: gguf
+            .get_bool("tokenizer.ggml.add_eos_token")?
+            .unwrap_or(false),
     })
 }
 
@@ -129,11 +133,19 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
         .iter()
         .map(|m| match m.split(' ').collect::<Vec<_>>().as_slice() {
             [a, b] => Ok(json!([a, b])),
-            _ => Err(err(format!("merge {m:?} is not two tokens separated by one space"))),
+            _ => Err(err(format!(
+                "merge {m:?} is not two tokens separated by one space"
+            ))),
         })
         .collect::<Result<Vec<_>>>()?;
 
-    let forced = [special.bos, special.eos, special.eot, special.unk, special.pad];
+    let forced = [
+        special.bos,
+        special.eos,
+        special.eot,
+        special.unk,
+        special.pad,
+    ];
     let added_tokens: Vec<Value> = tokens
         .iter()
         .zip(&token_types)
@@ -213,11 +225,15 @@ fn post_processor(special: &GgufSpecialTokens, bos: Option<&str>, eos: Option<&s
     if bos.is_none() && eos.is_none() {
         return byte_level(true, false, true);
     }
-    let piece = |name: &str, type_id: u32| json!({"SpecialToken": {"id": name, "type_id": type_id}});
+    let piece =
+        |name: &str, type_id: u32| json!({"SpecialToken": {"id": name, "type_id": type_id}});
     let seq = |seq: &str, type_id: u32| json!({"Sequence": {"id": seq, "type_id": type_id}});
     let mut single = Vec::new();
     let mut pair = Vec::new();
-    for (list, parts) in [(&mut single, &[("A", 0)][..]), (&mut pair, &[("A", 0), ("B", 1)])] {
+    for (list, parts) in [
+        (&mut single, &[("A", 0)][..]),
+        (&mut pair, &[("A", 0), ("B", 1)]),
+    ] {
         for &(s, type_id) in parts {
             if let Some((name, _)) = bos {
                 list.push(piece(name, type_id));

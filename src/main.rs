@@ -1,0 +1,41 @@
+//! `kiln`: run, list and benchmark models from the command line.
+
+mod bench;
+mod load;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "kiln: an inference engine with hand-written kernels")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text: streams the reply to stdout, speed to stderr.
+    Run(run::RunArgs),
+    /// List the model catalog with each model's task and whether its weights are installed.
+    Models(load::ModelsArgs),
+    /// Measure prefill and decode speed and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Models(args) => load::list_models(args),
+        Command::Bench(args) => bench::bench(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kiln: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
