@@ -303,18 +303,17 @@ impl Sampler {
         }
 
         let cands = &mut self.candidates;
-        cands.clear();
-        cands.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| !l.is_nan())
-                .map(|(i, &l)| (i as u32, l)),
-        );
-        if let Some(k) = self.params.top_k {
-            if k < cands.len() {
-                cands.select_nth_unstable_by(k - 1, by_logit_desc);
-                cands.truncate(k);
+        match self.params.top_k {
+            Some(k) => collect_top_k(logits, k, cands),
+            None => {
+                cands.clear();
+                cands.extend(
+                    logits
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, l)| !l.is_nan())
+                        .map(|(i, &l)| (i as u32, l)),
+                );
             }
         }
         let mut total = 0.0f64;
@@ -323,7 +322,12 @@ impl Sampler {
             total += c.1 as f64;
         }
         if self.params.top_p < 1.0 {
-            total = keep_nucleus(cands, total, self.params.top_p as f64);
+            let top_p = self.params.top_p as f64;
+            // Tokens lighter than (1 - top_p) * total / n weigh less than 1 - top_p together,
+            // so the rest already holds top_p of the mass and contains the nucleus.
+            let floor = ((1.0 - top_p) * total / cands.len() as f64) as f32;
+            cands.retain(|c| c.1 >= floor);
+            total = keep_nucleus(cands, total, top_p);
         } else {
             // Only the kept set is sorted, so the mapping from a draw to a token is canonical.
             cands.sort_unstable_by(by_logit_desc);
@@ -349,6 +353,35 @@ fn pick(weights: impl Iterator<Item = (u32, f32)>, target: f64) -> u32 {
         }
     }
     last_positive
+}
+
+/// The `k` best (logit, then lowest id) non-NaN entries of `logits`, unordered. Keeps a
+/// buffer of at most 2k entries and a running admission bar, so a 128k vocabulary costs
+/// one pass of comparisons rather than a selection over all of it.
+fn collect_top_k(logits: &[f32], k: usize, cands: &mut Vec<(u32, f32)>) {
+    cands.clear();
+    let k = k.max(1);
+    // The k-th best seen so far; only entries above it can still make the cut.
+    let mut bar: Option<(u32, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_nan() {
+            continue;
+        }
+        let c = (i as u32, l);
+        if bar.is_some_and(|b| by_logit_desc(&c, &b).is_ge()) {
+            continue;
+        }
+        cands.push(c);
+        if cands.len() >= 2 * k {
+            cands.select_nth_unstable_by(k - 1, by_logit_desc);
+            cands.truncate(k);
+            bar = Some(cands[k - 1]);
+        }
+    }
+    if cands.len() > k {
+        cands.select_nth_unstable_by(k - 1, by_logit_desc);
+        cands.truncate(k);
+    }
 }
 
 /// Descending weight (or logit), then ascending id: a total order on non-NaN values.
@@ -590,6 +623,30 @@ mod tests {
         // Kept: 1 (0.3), 3 (0.2), 5 (0.2): mass 0.7.
         assert_eq!((f[0], f[2], f[4]), (0.0, 0.0, 0.0));
         assert_close(&f, &[0.0, 0.3 / 0.7, 0.0, 0.2 / 0.7, 0.0, 0.2 / 0.7], 0.02);
+    }
+
+    #[test]
+    fn collect_top_k_matches_a_full_sort() {
+        let mut rng = Xoshiro256::from_seed(5);
+        for k in [1, 2, 7, 40, 50] {
+            // Few distinct values, so ties must be broken by id exactly like the sort.
+            let row: Vec<f32> = (0..5000)
+                .map(|i| match i % 97 {
+                    0 => f32::NAN,
+                    _ => (rng.next_f64() * 30.0).floor() as f32,
+                })
+                .collect();
+            let mut got = Vec::new();
+            collect_top_k(&row, k, &mut got);
+            got.sort_unstable_by(by_logit_desc);
+            let mut want: Vec<(u32, f32)> = (0..row.len() as u32)
+                .map(|i| (i, row[i as usize]))
+                .filter(|c| !c.1.is_nan())
+                .collect();
+            want.sort_unstable_by(by_logit_desc);
+            want.truncate(k);
+            assert_eq!(got, want, "k = {k}");
+        }
     }
 
     #[test]
