@@ -6,6 +6,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use half::bf16;
 use kiln_kernels::cpu::attention::{attention, AttentionParams};
 use kiln_kernels::cpu::matmul::{matmul, MatmulParams};
+use kiln_kernels::cpu::quant::QuantFormat;
 use kiln_kernels::cpu::rmsnorm::{rmsnorm, RmsNormParams};
 use kiln_kernels::cpu::rope::{rope, RopeParams, RopeStyle};
 use kiln_kernels::cpu::silu_mul::silu_mul;
@@ -34,6 +35,23 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// `n` rows of `k` elements as random GGML blocks (scales ~0.01, random quants).
+fn quantized(format: QuantFormat, n: usize, k: usize, seed: u32) -> Vec<u8> {
+    let bytes: Vec<u8> = data(format.row_bytes(k) * n, seed)
+        .iter()
+        .map(|&v| (v * 127.0) as i8 as u8)
+        .collect();
+    let mut bytes = bytes;
+    let scale = half::f16::from_f32(0.01).to_le_bytes();
+    for b in bytes.chunks_exact_mut(format.block_bytes()) {
+        b[..2].copy_from_slice(&scale);
+        if format == QuantFormat::Q4_1 {
+            b[2..4].copy_from_slice(&half::f16::from_f32(-0.08).to_le_bytes());
+        }
+    }
+    bytes
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -57,6 +75,17 @@ fn gemv(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("bf16", format!("{n}x{k}")), |b| {
             b.iter(|| matmul(black_box(&x), WeightSlice::BF16(&wb), &mut out, p))
         });
+        for format in [QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            let bytes = quantized(format, n, k, 15);
+            let w = WeightSlice::Quant {
+                format,
+                bytes: &bytes,
+            };
+            g.throughput(Throughput::Bytes(bytes.len() as u64));
+            g.bench_function(BenchmarkId::new(format.name(), format!("{n}x{k}")), |b| {
+                b.iter(|| matmul(black_box(&x), w, &mut out, p))
+            });
+        }
     }
     g.finish();
 }
@@ -78,6 +107,14 @@ fn gemm(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("bf16", format!("m{m}_{n}x{k}")), |b| {
             b.iter(|| matmul(black_box(&x), WeightSlice::BF16(&wb), &mut out, p))
+        });
+        let bytes = quantized(QuantFormat::Q4_1, n, k, 16);
+        let w = WeightSlice::Quant {
+            format: QuantFormat::Q4_1,
+            bytes: &bytes,
+        };
+        g.bench_function(BenchmarkId::new("Q4_1", format!("m{m}_{n}x{k}")), |b| {
+            b.iter(|| matmul(black_box(&x), w, &mut out, p))
         });
     }
     // One larger prefill to show scaling with M.

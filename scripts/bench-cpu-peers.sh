@@ -131,28 +131,57 @@ results="${scratch}/results.jsonl"
 
 export RAYON_NUM_THREADS="${threads}" OMP_NUM_THREADS="${threads}" MKL_NUM_THREADS="${threads}"
 
-# run_engine LABEL CMD...: runs CMD, keeps the last JSON line of its stdout, tagged with
-# LABEL and the load average before and after.
+# A tiny process monitor: runs CMD with stdout/stderr to files and prints
+# {"wall_s", "engine_cpu_s", "other_cpu_cores"}: other_cpu_cores is the average number of
+# cores that processes other than the engine kept busy during its run (from /proc/stat),
+# i.e. how much the measurement was disturbed by the rest of the machine.
+cat > "${scratch}/monitor.py" <<'PY'
+import json, os, subprocess, sys, time
+
+def busy_idle():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return sum(v[:8]) - idle, idle
+
+out_path, err_path, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+tick = os.sysconf("SC_CLK_TCK")
+b0, _ = busy_idle()
+c0 = os.times()
+t0 = time.monotonic()
+with open(out_path, "w") as out, open(err_path, "w") as err:
+    rc = subprocess.call(cmd, stdout=out, stderr=err)
+wall = time.monotonic() - t0
+c1 = os.times()
+b1, _ = busy_idle()
+engine_cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+others = max(0.0, (b1 - b0) / tick - engine_cpu) / wall if wall > 0 else 0.0
+print(json.dumps({"rc": rc, "wall_s": wall, "engine_cpu_s": engine_cpu, "other_cpu_cores": others}))
+PY
+
+# run_engine LABEL CMD...: runs CMD under the monitor, keeps the last JSON line of its
+# stdout, tagged with LABEL, the command and the monitor's numbers.
 run_engine() {
     local label="$1"; shift
-    local load_before load_after line
-    load_before="$(cut -d' ' -f1 /proc/loadavg)"
-    log "running ${label} (load average ${load_before})"
-    if ! "$@" > "${scratch}/stdout" 2> "${scratch}/stderr"; then
+    local mon line
+    log "running ${label}"
+    mon="$(python3 "${scratch}/monitor.py" "${scratch}/stdout" "${scratch}/stderr" "$@")"
+    if [[ "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["rc"])' "${mon}")" != 0 ]]; then
         tail -n 20 "${scratch}/stderr" >&2
         die "${label} failed: $*"
     fi
-    load_after="$(cut -d' ' -f1 /proc/loadavg)"
     line="$(grep '^{' "${scratch}/stdout" | tail -n 1 || true)"
     [[ -n "${line}" ]] || { cat "${scratch}/stdout" "${scratch}/stderr" >&2; die "${label} printed no JSON line"; }
     python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
-r["label"] = sys.argv[2]
-r["load_average_before"] = float(sys.argv[3])
-r["load_average_after"] = float(sys.argv[4])
-r["command"] = sys.argv[5]
-print(json.dumps(r))' "${line}" "${label}" "${load_before}" "${load_after}" "$*" >> "${results}"
+m = json.loads(sys.argv[2])
+r["label"] = sys.argv[3]
+r["command"] = sys.argv[4]
+r["process_wall_s"] = m["wall_s"]
+r["process_cpu_s"] = m["engine_cpu_s"]
+r["other_cpu_cores"] = m["other_cpu_cores"]
+print(json.dumps(r))' "${line}" "${mon}" "${label}" "$*" >> "${results}"
 }
 
 if want kiln; then
@@ -224,11 +253,11 @@ def fmt(v, spec):
 
 ref = kiln["label"] if kiln else "kiln"
 head = ["engine", "prefill tok/s", "decode tok/s", "peak RSS MB",
-        f"{ref} / peer prefill", f"{ref} / peer decode", "load avg"]
+        f"{ref} / peer prefill", f"{ref} / peer decode", "other load"]
 table = [[r["label"], fmt(r["prefill_tokens_per_sec"], ".1f"), fmt(r["decode_tokens_per_sec"], ".1f"),
           fmt(r.get("peak_rss_mb"), ".0f"), fmt(r.get("kiln_prefill_ratio"), ".2f") + ("x" if "kiln_prefill_ratio" in r else ""),
           fmt(r.get("kiln_decode_ratio"), ".2f") + ("x" if "kiln_decode_ratio" in r else ""),
-          f'{r["load_average_before"]:.1f}']
+          f'{r["other_cpu_cores"]:.2f}']
          for r in rows]
 widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(head)]
 print(f"\nSmolLM2-135M-Instruct Q4_1 GGUF, CPU, {threads} threads, prompt {prompt_len} tokens, "
@@ -237,10 +266,12 @@ print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(
 print("  ".join("-" * w for w in widths))
 for row in table:
     print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-busy = [r for r in rows if r["load_average_before"] > int(threads) + 0.5]
+print("other load: average cores kept busy by other processes during that engine's run")
+busy = [r for r in rows if r["other_cpu_cores"] > 0.25]
 if busy:
-    print(f"note: load average above {threads} before {', '.join(r['label'] for r in busy)}: "
-          "other processes shared the CPU, so these numbers are noisy")
+    print(f"note: other processes used the CPU during {', '.join(r['label'] for r in busy)}: "
+          f"with {threads} threads on {os.cpu_count()} cores these numbers are noisy (llama.cpp's "
+          "spinning thread pool suffers most); rerun on a quiet machine")
 for r in rows:
     g = r.get("generate_check")
     if g and g.get("tokens_match_manual_loop") is False:

@@ -10,9 +10,9 @@ pub use kiln_kernels::cpu::rope::RopeStyle;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    /// [table [vocab, hidden] (f32/bf16/f16), ids [n] (u32/i32)] -> [n, hidden] f32
+    /// [table [vocab, hidden] (f32/bf16/f16/q8_0/q4_0/q4_1), ids [n] (u32/i32)] -> [n, hidden] f32
     Embedding,
-    /// [x [.., k] f32, w [n, k] (f32/bf16/f16)] -> [.., n] f32
+    /// [x [.., k] f32, w [n, k] (f32/bf16/f16/q8_0/q4_0/q4_1)] -> [.., n] f32
     Matmul,
     /// [x [.., h] f32, w [h] f32] -> [.., h]
     RmsNorm { eps: f32 },
@@ -99,7 +99,7 @@ impl Op {
         match self {
             Op::Embedding => {
                 let (table, ids) = (x, inputs[1]);
-                want_float(name, table)?;
+                want_weight(name, table)?;
                 want_rank(name, "table", table, 2)?;
                 if !matches!(ids.dtype(), DType::U32 | DType::I32) {
                     return Err(dtype_err(name, ids, "u32 or i32 ids"));
@@ -110,7 +110,7 @@ impl Op {
             Op::Matmul => {
                 let w = inputs[1];
                 want_f32(name, x)?;
-                want_float(name, w)?;
+                want_weight(name, w)?;
                 want_rank(name, "weight", w, 2)?;
                 let k = last_dim(name, x)?;
                 if w.shape()[1] != k {
@@ -214,7 +214,8 @@ impl Op {
                 Ok((shape, DType::U32))
             }
             Op::Cast { to } => {
-                want_float(name, x)?;
+                // Quantized tensors cast to a float dtype dequantize.
+                want_weight(name, x)?;
                 if !to.is_float() {
                     return Err(shape_err(name, format!("cast to {to} (float dtypes only)")));
                 }
@@ -272,11 +273,11 @@ fn want_f32(op: &'static str, t: &Tensor) -> Result<()> {
     }
 }
 
-fn want_float(op: &'static str, t: &Tensor) -> Result<()> {
-    if t.dtype().is_float() {
+fn want_weight(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype().is_weight() {
         Ok(())
     } else {
-        Err(dtype_err(op, t, "f32, f16 or bf16"))
+        Err(dtype_err(op, t, "f32, f16, bf16, q8_0, q4_0 or q4_1"))
     }
 }
 

@@ -13,6 +13,11 @@ pub enum CpuStorage {
     I32(Vec<i32>),
     U32(Vec<u32>),
     U8(Vec<u8>),
+    /// Blocks of a quantized dtype.
+    Quant {
+        dtype: DType,
+        bytes: Vec<u8>,
+    },
     Mapped {
         map: Arc<Mmap>,
         /// Byte range inside the map.
@@ -31,7 +36,7 @@ impl CpuStorage {
             CpuStorage::I32(_) => DType::I32,
             CpuStorage::U32(_) => DType::U32,
             CpuStorage::U8(_) => DType::U8,
-            CpuStorage::Mapped { dtype, .. } => *dtype,
+            CpuStorage::Quant { dtype, .. } | CpuStorage::Mapped { dtype, .. } => *dtype,
         }
     }
 
@@ -43,6 +48,10 @@ impl CpuStorage {
             DType::I32 => CpuStorage::I32(vec![0; n]),
             DType::U32 => CpuStorage::U32(vec![0; n]),
             DType::U8 => CpuStorage::U8(vec![0; n]),
+            q => CpuStorage::Quant {
+                dtype: q,
+                bytes: vec![0; q.storage_bytes(n)],
+            },
         }
     }
 
@@ -58,6 +67,7 @@ impl CpuStorage {
             DType::I32 => CpuStorage::I32(cast(v)),
             DType::U32 => CpuStorage::U32(cast(v)),
             DType::U8 => CpuStorage::U8(cast(v)),
+            q => unreachable!("{q} has no Rust element type"),
         }
     }
 
@@ -70,7 +80,8 @@ impl CpuStorage {
             CpuStorage::I32(v) => v.len(),
             CpuStorage::U32(v) => v.len(),
             CpuStorage::U8(v) => v.len(),
-            CpuStorage::Mapped { len, dtype, .. } => len / dtype.size_in_bytes(),
+            CpuStorage::Quant { dtype, bytes } => bytes.len() / dtype.block_bytes() * dtype.block_size(),
+            CpuStorage::Mapped { len, dtype, .. } => len / dtype.block_bytes() * dtype.block_size(),
         }
     }
 
@@ -82,6 +93,19 @@ impl CpuStorage {
         matches!(self, CpuStorage::Mapped { .. })
     }
 
+    /// The raw bytes, whatever the dtype.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            CpuStorage::F32(v) => bytemuck::cast_slice(v),
+            CpuStorage::F16(v) => bytemuck::cast_slice(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice(v),
+            CpuStorage::I32(v) => bytemuck::cast_slice(v),
+            CpuStorage::U32(v) => bytemuck::cast_slice(v),
+            CpuStorage::U8(v) | CpuStorage::Quant { bytes: v, .. } => v,
+            CpuStorage::Mapped { map, start, len, .. } => &map[*start..*start + *len],
+        }
+    }
+
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
         if self.dtype() != T::DTYPE {
             return Err(EngineError::Data(format!(
@@ -90,16 +114,7 @@ impl CpuStorage {
                 T::DTYPE
             )));
         }
-        let bytes: &[u8] = match self {
-            CpuStorage::F32(v) => bytemuck::cast_slice(v),
-            CpuStorage::F16(v) => bytemuck::cast_slice(v),
-            CpuStorage::BF16(v) => bytemuck::cast_slice(v),
-            CpuStorage::I32(v) => bytemuck::cast_slice(v),
-            CpuStorage::U32(v) => bytemuck::cast_slice(v),
-            CpuStorage::U8(v) => v,
-            CpuStorage::Mapped { map, start, len, .. } => &map[*start..*start + *len],
-        };
-        bytemuck::try_cast_slice(bytes)
+        bytemuck::try_cast_slice(self.bytes())
             .map_err(|e| EngineError::Data(format!("unaligned tensor data: {e}")))
     }
 
@@ -111,7 +126,7 @@ impl CpuStorage {
             CpuStorage::BF16(v) => bytemuck::cast_slice_mut(v),
             CpuStorage::I32(v) => bytemuck::cast_slice_mut(v),
             CpuStorage::U32(v) => bytemuck::cast_slice_mut(v),
-            CpuStorage::U8(v) => v,
+            CpuStorage::U8(v) | CpuStorage::Quant { bytes: v, .. } => v,
             CpuStorage::Mapped { .. } => {
                 return Err(EngineError::Data(
                     "memory-mapped weights are read-only".into(),

@@ -86,7 +86,8 @@ impl Tensor {
         shape: &[usize],
     ) -> Result<Self> {
         let n: usize = shape.iter().product();
-        let len = n * dtype.size_in_bytes();
+        check_quant_shape(dtype, shape)?;
+        let len = dtype.storage_bytes(n);
         let end = byte_start
             .checked_add(len)
             .filter(|&e| e <= map.len())
@@ -98,7 +99,7 @@ impl Tensor {
                 ))
             })?;
         let bytes = &map[byte_start..end];
-        let aligned = (bytes.as_ptr() as usize) % dtype.size_in_bytes() == 0;
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(dtype.alignment());
         let storage = if aligned {
             CpuStorage::Mapped {
                 map: map.clone(),
@@ -110,6 +111,39 @@ impl Tensor {
             copy_unaligned(bytes, dtype)
         };
         Ok(Self::from_storage(Storage::Cpu(storage), shape))
+    }
+
+    /// A CPU tensor of a quantized dtype from its raw blocks (row-major; the last dimension
+    /// a multiple of the block size).
+    pub fn from_quant_bytes(bytes: Vec<u8>, dtype: DType, shape: &[usize]) -> Result<Self> {
+        check_quant_shape(dtype, shape)?;
+        let n: usize = shape.iter().product();
+        if !dtype.is_quantized() || bytes.len() != dtype.storage_bytes(n) {
+            return Err(shape_err(
+                "from_quant_bytes",
+                format!("{} bytes of {dtype} for shape {shape:?}", bytes.len()),
+            ));
+        }
+        Ok(Self::from_storage(
+            Storage::Cpu(CpuStorage::Quant { dtype, bytes }),
+            shape,
+        ))
+    }
+
+    /// Raw bytes of a contiguous tensor (any dtype; quantized views start on a block).
+    pub fn raw_bytes(&self) -> Result<&[u8]> {
+        if !self.is_contiguous() || !self.layout.offset().is_multiple_of(self.dtype.block_size()) {
+            return Err(EngineError::Data(
+                "raw_bytes needs a contiguous tensor starting on a block".into(),
+            ));
+        }
+        match self.storage.as_ref() {
+            Storage::Cpu(s) => {
+                let start = self.dtype.storage_bytes(self.layout.offset());
+                let len = self.dtype.storage_bytes(self.elem_count());
+                Ok(&s.bytes()[start..start + len])
+            }
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -225,6 +259,7 @@ impl Tensor {
             DType::I32 => Tensor::from_vec(self.to_vec::<i32>()?, self.shape()),
             DType::U32 => Tensor::from_vec(self.to_vec::<u32>()?, self.shape()),
             DType::U8 => Tensor::from_vec(self.to_vec::<u8>()?, self.shape()),
+            q => Tensor::from_quant_bytes(self.raw_bytes()?.to_vec(), q, self.shape()),
         }
     }
 
@@ -354,6 +389,20 @@ impl Tensor {
     }
 }
 
+fn check_quant_shape(dtype: DType, shape: &[usize]) -> Result<()> {
+    let last = shape.last().copied().unwrap_or(1);
+    if dtype.is_quantized() && !last.is_multiple_of(dtype.block_size()) {
+        return Err(shape_err(
+            "quantized tensor",
+            format!(
+                "last dimension {last} of {shape:?} is not a multiple of the {dtype} block ({})",
+                dtype.block_size()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn copy_unaligned(bytes: &[u8], dtype: DType) -> CpuStorage {
     fn read<T: Element>(bytes: &[u8]) -> Vec<T> {
         let n = bytes.len() / std::mem::size_of::<T>();
@@ -368,5 +417,9 @@ fn copy_unaligned(bytes: &[u8], dtype: DType) -> CpuStorage {
         DType::I32 => CpuStorage::I32(read(bytes)),
         DType::U32 => CpuStorage::U32(read(bytes)),
         DType::U8 => CpuStorage::U8(bytes.to_vec()),
+        q => CpuStorage::Quant {
+            dtype: q,
+            bytes: bytes.to_vec(),
+        },
     }
 }

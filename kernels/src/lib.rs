@@ -5,3 +5,5 @@
 //! struct and assumes its inputs were validated by the engine (lengths match the params).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;

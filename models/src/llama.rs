@@ -166,7 +166,7 @@ impl LlamaModel {
 
     /// Bytes held by the weights (memory-mapped or owned).
     pub fn weight_bytes(&self) -> usize {
-        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let size = |t: &Tensor| t.dtype().storage_bytes(t.elem_count());
         let mut total = size(&self.embed_tokens) + size(&self.norm);
         if !std::ptr::eq(self.lm_head.storage(), self.embed_tokens.storage()) {
             total += size(&self.lm_head);

@@ -10,7 +10,6 @@ use crate::llama::{LlamaModel, LoadOptions, Logits};
 use crate::tokenizer::Tokenizer;
 use crate::weights::SafetensorsWeights;
 use kiln_engine::sampler::{Sampler, SamplingParams};
-use kiln_engine::DType;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -80,8 +79,9 @@ impl TextModel {
         Ok(Self::assemble(model, tokenizer, chat_template))
     }
 
-    /// A llama-architecture GGUF file; weights are dequantized at load (to bf16 unless
-    /// `opts.dtype` says otherwise), tokenizer and template come from its metadata.
+    /// A llama-architecture GGUF file. Q8_0 / Q4_0 / Q4_1 weights stay quantized unless
+    /// `opts.dtype` asks for a float dtype (then they are dequantized exactly at load); other
+    /// formats are dequantized to bf16. Tokenizer and template come from its metadata.
     pub fn from_gguf(path: &Path, opts: LoadOptions) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let config = gguf::llama_config(&file)?;
@@ -97,10 +97,6 @@ impl TextModel {
                 )?)
             }
             None => None,
-        };
-        let opts = LoadOptions {
-            dtype: Some(opts.dtype.unwrap_or(DType::BF16)),
-            ..opts
         };
         let model = LlamaModel::load(&file, config, opts)?;
         Ok(Self::assemble(model, tokenizer, chat_template))

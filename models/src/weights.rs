@@ -71,7 +71,7 @@ impl SafetensorsWeights {
             };
             let (begin, end) = info.data_offsets;
             let n: usize = info.shape.iter().product();
-            if end - begin != n * dtype.size_in_bytes() || data_start + end > map.len() {
+            if end - begin != dtype.storage_bytes(n) || data_start + end > map.len() {
                 return Err(format_err(format!(
                     "tensor {name}: data {begin}..{end} does not match shape {:?} {dtype} or the file size",
                     info.shape
@@ -192,13 +192,40 @@ impl crate::llama::TensorSource for SafetensorsWeights {
     }
 }
 
+/// GGUF tensors by HF name. With no dtype asked, Q8_0 / Q4_0 / Q4_1 stay in their blocks
+/// (the CPU kernels multiply them directly), F32 / F16 / BF16 stay as stored, and the other
+/// formats are dequantized to bf16. An explicit dtype dequantizes (exactly) and converts.
 impl crate::llama::TensorSource for crate::gguf::GgufFile {
     fn tensor(&self, name: &str, dtype: Option<DType>) -> Result<Tensor> {
-        let (shape, data) = crate::gguf::load_llama_tensor(self, name)?;
-        let t = Tensor::from_vec(data, &shape)?;
-        match dtype {
-            Some(d) if d != DType::F32 => Ok(t.to_dtype(d)?),
-            _ => Ok(t),
+        use crate::gguf::GgmlType;
+        if dtype.is_none() {
+            let gguf_name = crate::gguf::hf_to_gguf_name(name);
+            let stored = gguf_name.and_then(|g| self.tensor(&g)).map(|i| i.ggml_type);
+            let keep = match stored {
+                Some(GgmlType::Q8_0) => Some(DType::Q8_0),
+                Some(GgmlType::Q4_0) => Some(DType::Q4_0),
+                Some(GgmlType::Q4_1) => Some(DType::Q4_1),
+                _ => None,
+            };
+            if let Some(q) = keep {
+                let (shape, _, bytes) = crate::gguf::load_llama_tensor_raw(self, name)?;
+                return Ok(Tensor::from_quant_bytes(bytes, q, &shape)?);
+            }
+            if let Some(plain @ (GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16)) = stored {
+                let (shape, values) = crate::gguf::load_llama_tensor(self, name)?;
+                let t = Tensor::from_vec(values, &shape)?;
+                return Ok(match plain {
+                    GgmlType::F16 => t.to_dtype(DType::F16)?,
+                    GgmlType::Bf16 => t.to_dtype(DType::BF16)?,
+                    _ => t,
+                });
+            }
+        }
+        let (shape, values) = crate::gguf::load_llama_tensor(self, name)?;
+        let t = Tensor::from_vec(values, &shape)?;
+        match dtype.unwrap_or(DType::BF16) {
+            DType::F32 => Ok(t),
+            d => Ok(t.to_dtype(d)?),
         }
     }
 

@@ -17,11 +17,10 @@ impl Backend for CpuBackend {
     }
 
     fn supports(&self, op: &Op, dtypes: &[DType]) -> bool {
-        let float = |d: &DType| d.is_float();
         match op {
-            Op::Embedding => matches!(dtypes, [t, DType::U32 | DType::I32] if float(t)),
-            Op::Matmul => matches!(dtypes, [DType::F32, w] if float(w)),
-            Op::Cast { to } => to.is_float() && dtypes.iter().all(float),
+            Op::Embedding => matches!(dtypes, [t, DType::U32 | DType::I32] if t.is_weight()),
+            Op::Matmul => matches!(dtypes, [DType::F32, w] if w.is_weight()),
+            Op::Cast { to } => to.is_float() && dtypes.iter().all(|d| d.is_weight()),
             Op::CopyRows { .. } => true,
             _ => dtypes.iter().all(|d| *d == DType::F32 || *d == DType::U32),
         }
@@ -72,6 +71,11 @@ impl Backend for CpuBackend {
             DType::I32 => copy_into::<i32>(dst, &src, start, len),
             DType::U32 => copy_into::<u32>(dst, &src, start, len),
             DType::U8 => copy_into::<u8>(dst, &src, start, len),
+            q => Err(EngineError::Unsupported {
+                op: op.name(),
+                backend: self.name(),
+                dtypes: vec![q],
+            }),
         }
     }
 }
@@ -93,6 +97,10 @@ fn weights(t: &Tensor) -> Result<WeightSlice<'_>> {
         DType::F32 => WeightSlice::F32(t.as_slice()?),
         DType::F16 => WeightSlice::F16(t.as_slice()?),
         DType::BF16 => WeightSlice::BF16(t.as_slice()?),
+        q @ (DType::Q8_0 | DType::Q4_0 | DType::Q4_1) => WeightSlice::Quant {
+            format: quant_format(q),
+            bytes: t.raw_bytes()?,
+        },
         other => {
             return Err(EngineError::DType {
                 op: "weights",
@@ -101,6 +109,14 @@ fn weights(t: &Tensor) -> Result<WeightSlice<'_>> {
             })
         }
     })
+}
+
+fn quant_format(d: DType) -> k::quant::QuantFormat {
+    match d {
+        DType::Q8_0 => k::quant::QuantFormat::Q8_0,
+        DType::Q4_0 => k::quant::QuantFormat::Q4_0,
+        _ => k::quant::QuantFormat::Q4_1,
+    }
 }
 
 fn last(t: &Tensor) -> usize {
@@ -226,6 +242,11 @@ fn cast(x: &Tensor, to: DType, shape: &[usize]) -> Result<Tensor> {
         DType::F16 => {
             let mut v = vec![0f32; x.elem_count()];
             k::cast::f16_to_f32(x.as_slice()?, &mut v);
+            v
+        }
+        q if q.is_quantized() => {
+            let mut v = vec![0f32; x.elem_count()];
+            k::quant::dequantize_row(quant_format(q), x.raw_bytes()?, &mut v);
             v
         }
         other => {

@@ -11,11 +11,18 @@
 //! each weight is used at most three times; M >= 4 widens a block of weight rows to f32 once
 //! into a per-thread scratch and reuses it across all rows of `x` with a 4×3 register tile.
 //! Work is split over blocks of N with rayon when the call is big enough to pay for it.
+//!
+//! GGML block-quantized weights (`WeightSlice::Quant`) go to `matmul_quant.rs`, a child module
+//! that reuses the blocked path here for M >= 4 and has its own fused GEMV for M < 4 (which
+//! does not follow the summation order above).
 
 use super::WeightSlice;
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::cell::RefCell;
+
+#[path = "matmul_quant.rs"]
+mod quant;
 
 /// out[m, n] = sum_k x[m, k] * w[n, k]   (activations times transposed weights, f32 accumulate)
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +105,13 @@ pub(crate) fn matmul_with(
         out.len(),
         m * n
     );
+    if let WeightSlice::Quant { format, .. } = w {
+        assert!(
+            k % super::quant::QK == 0,
+            "matmul: k = {k} is not a multiple of the {} block size",
+            format.name()
+        );
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -105,6 +119,7 @@ pub(crate) fn matmul_with(
         WeightSlice::F32(w) => run(x, w, out, p, isa),
         WeightSlice::BF16(w) => run(x, w, out, p, isa),
         WeightSlice::F16(w) => run(x, w, out, p, isa),
+        WeightSlice::Quant { format, bytes } => quant::run(x, format, bytes, out, p, isa),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod cast;
 pub mod embedding;
 pub mod matmul;
+pub mod quant;
 pub mod rmsnorm;
 pub mod rope;
 pub mod silu_mul;
@@ -16,20 +17,30 @@ mod testutil;
 
 use half::{bf16, f16};
 
-/// A row-major weight matrix (or table) as stored: f32, or 16-bit with f32 accumulation.
+/// A row-major weight matrix (or table) as stored: f32, or 16-bit with f32 accumulation, or
+/// GGML blocks (row n is `format.row_bytes(k)` bytes; k a multiple of 32).
 #[derive(Clone, Copy, Debug)]
 pub enum WeightSlice<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     BF16(&'a [bf16]),
+    Quant {
+        format: quant::QuantFormat,
+        bytes: &'a [u8],
+    },
 }
 
 impl WeightSlice<'_> {
+    /// Number of weight elements.
     pub fn len(&self) -> usize {
         match self {
             WeightSlice::F32(s) => s.len(),
             WeightSlice::F16(s) => s.len(),
             WeightSlice::BF16(s) => s.len(),
+            // Whole blocks only: a trailing partial block holds no complete element run.
+            WeightSlice::Quant { format, bytes } => {
+                bytes.len() / format.block_bytes() * quant::QK
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::dequant::dequantize;
+use super::types::GgmlType;
 use super::reader::{GgufFile, GgufTensorInfo};
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result};
@@ -84,6 +85,31 @@ pub fn llama_tensor_names(gguf: &GgufFile) -> Result<Vec<String>> {
 /// Loads one tensor by HF name: dequantized to f32, Q/K rows in HF order, HF shape
 /// (`[out_features, in_features]` for a linear weight). Holds only this tensor in memory.
 pub fn load_llama_tensor(gguf: &GgufFile, hf_name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let (info, shape) = find_llama_tensor(gguf, hf_name)?;
+    let mut values = dequantize_tensor(gguf, info)?;
+    let cols = shape.iter().skip(1).product::<usize>();
+    unpermute_if_qk(gguf, info, hf_name, &mut values, cols)?;
+    Ok((shape, values))
+}
+
+/// Loads one tensor by HF name as stored (raw GGML blocks, no dequantization), with Q/K rows
+/// moved into HF order. Returns the HF shape, the GGML type and the bytes.
+pub fn load_llama_tensor_raw(
+    gguf: &GgufFile,
+    hf_name: &str,
+) -> Result<(Vec<usize>, GgmlType, Vec<u8>)> {
+    let (info, shape) = find_llama_tensor(gguf, hf_name)?;
+    let mut bytes = gguf.tensor_data(info)?.to_vec();
+    let rows = shape.first().copied().unwrap_or(1).max(1);
+    let row_bytes = bytes.len() / rows;
+    unpermute_if_qk(gguf, info, hf_name, &mut bytes, row_bytes)?;
+    Ok((shape, info.ggml_type, bytes))
+}
+
+fn find_llama_tensor<'a>(
+    gguf: &'a GgufFile,
+    hf_name: &str,
+) -> Result<(&'a GgufTensorInfo, Vec<usize>)> {
     let not_found = || {
         ModelError::NotFound(format!(
             "{}: no GGUF tensor for {hf_name}",
@@ -92,8 +118,18 @@ pub fn load_llama_tensor(gguf: &GgufFile, hf_name: &str) -> Result<(Vec<usize>, 
     };
     let gguf_name = hf_to_gguf_name(hf_name).ok_or_else(not_found)?;
     let info = gguf.tensor(&gguf_name).ok_or_else(not_found)?;
-    let mut values = dequantize_tensor(gguf, info)?;
-    let shape = info.shape();
+    Ok((info, info.shape()))
+}
+
+/// Q and K projections: undo llama.cpp's per-head row permutation; `row_len` is one row's
+/// length in elements of `data` (values or bytes).
+fn unpermute_if_qk<T: Copy + Send + Sync>(
+    gguf: &GgufFile,
+    info: &GgufTensorInfo,
+    hf_name: &str,
+    data: &mut [T],
+    row_len: usize,
+) -> Result<()> {
     let heads = if hf_name.contains(".self_attn.q_proj.") {
         Some(head_counts(gguf)?.0)
     } else if hf_name.contains(".self_attn.k_proj.") {
@@ -102,11 +138,10 @@ pub fn load_llama_tensor(gguf: &GgufFile, hf_name: &str) -> Result<(Vec<usize>, 
         None
     };
     if let Some(n_head) = heads {
-        let cols = shape.iter().skip(1).product::<usize>();
-        unpermute_qk_rows(&mut values, n_head, cols)
-            .map_err(|e| gguf.format_error(format!("tensor {gguf_name}: {e}")))?;
+        unpermute_qk_rows(data, n_head, row_len)
+            .map_err(|e| gguf.format_error(format!("tensor {}: {e}", info.name)))?;
     }
-    Ok((shape, values))
+    Ok(())
 }
 
 fn dequantize_tensor(gguf: &GgufFile, info: &GgufTensorInfo) -> Result<Vec<f32>> {
@@ -134,8 +169,8 @@ fn required(gguf: &GgufFile, key: &str) -> Result<usize> {
 
 /// Undoes convert_hf_to_gguf's `permute`: within each head of `head_dim` rows it wrote HF
 /// row `j * head_dim/2 + i` (j = rotary half, i = pair index) to row `2 * i + j`.
-pub fn unpermute_qk_rows(
-    data: &mut [f32],
+pub fn unpermute_qk_rows<T: Copy + Send + Sync>(
+    data: &mut [T],
     n_head: usize,
     cols: usize,
 ) -> std::result::Result<(), String> {
@@ -155,8 +190,8 @@ pub fn unpermute_qk_rows(
 }
 
 /// llama.cpp's permutation (HF order -> GGUF order); the inverse of [`unpermute_qk_rows`].
-pub fn permute_qk_rows(
-    data: &mut [f32],
+pub fn permute_qk_rows<T: Copy + Send + Sync>(
+    data: &mut [T],
     n_head: usize,
     cols: usize,
 ) -> std::result::Result<(), String> {

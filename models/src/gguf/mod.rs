@@ -15,6 +15,7 @@ mod test_util;
 pub use dequant::{dequantize, dequantize_into, DequantError};
 pub use llama::{
     gguf_to_hf_name, hf_to_gguf_name, llama_config, llama_tensor_names, load_llama_tensor,
+    load_llama_tensor_raw,
 };
 pub use reader::{GgufFile, GgufTensorInfo};
 pub use tokenizer::{chat_template, special_tokens, tokenizer_from_gguf, GgufSpecialTokens};

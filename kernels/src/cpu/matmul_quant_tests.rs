@@ -1,0 +1,178 @@
+use super::super::matmul_with;
+use super::*;
+use crate::cpu::quant::tests::{random_blocks, reference as dequant_ref, FORMATS};
+use crate::cpu::testutil::{assert_close, seed, Rng};
+use crate::cpu::WeightSlice;
+
+/// The whole [n, k] matrix dequantized by the scalar reference.
+fn dequantized(format: QuantFormat, bytes: &[u8], n: usize, k: usize) -> Vec<f32> {
+    let rb = format.row_bytes(k);
+    (0..n)
+        .flat_map(|r| dequant_ref(format, &bytes[r * rb..(r + 1) * rb], k))
+        .collect()
+}
+
+fn reference(x: &[f32], w: &[f32], p: MatmulParams) -> Vec<f64> {
+    let mut out = vec![0f64; p.m * p.n];
+    for i in 0..p.m {
+        for j in 0..p.n {
+            out[i * p.n + j] = (0..p.k)
+                .map(|t| x[i * p.k + t] as f64 * w[j * p.k + t] as f64)
+                .sum();
+        }
+    }
+    out
+}
+
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Portable];
+    if Isa::detect() != Isa::Portable {
+        v.push(Isa::detect());
+    }
+    v
+}
+
+/// Every format and path against the f64 product of x and the dequantized weights; M >= 4
+/// additionally equals the f32-weight path bit for bit.
+#[test]
+fn matches_reference_on_dequantized_weights() {
+    let s = seed(0x9b_0001);
+    let mut rng = Rng::new(s);
+    for format in FORMATS {
+        for k in [32, 64, 576, 1536] {
+            for n in [1, 31, 33, 576] {
+                let bytes = random_blocks(&mut rng, format, n * k / QK);
+                let wf = dequantized(format, &bytes, n, k);
+                for m in [1, 2, 3, 4, 7, 130] {
+                    let p = MatmulParams { m, n, k };
+                    let x = rng.vec(m * k);
+                    let want = reference(&x, &wf, p);
+                    for isa in isas() {
+                        let case = format!("{format:?} {isa:?} m={m} n={n} k={k}");
+                        let mut got = vec![f32::NAN; m * n];
+                        let w = WeightSlice::Quant {
+                            format,
+                            bytes: &bytes,
+                        };
+                        matmul_with(&x, w, &mut got, p, isa);
+                        assert_close(&got, &want, 1e-7, s, &case);
+                        if m >= MR {
+                            let mut f = vec![f32::NAN; m * n];
+                            matmul_with(&x, WeightSlice::F32(&wf), &mut f, p, isa);
+                            let same = got.iter().zip(&f).all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(same, "{case}: prefill != f32 path (seed {s:#x})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// AVX2 and portable GEMV sum in different orders; they agree within f32 rounding of the
+/// dot product, measured against Σ|wᵢxᵢ| (the scale of the rounding error).
+#[test]
+fn simd_and_portable_gemv_agree() {
+    let isa = Isa::detect();
+    if isa == Isa::Portable {
+        eprintln!("no AVX2+FMA+F16C: nothing to compare");
+        return;
+    }
+    let s = seed(0x9b_0002);
+    let mut rng = Rng::new(s);
+    for format in FORMATS {
+        for &(m, n, k) in &[(1, 45, 96), (2, 19, 576), (3, 300, 1536), (1, 1000, 576)] {
+            let p = MatmulParams { m, n, k };
+            let bytes = random_blocks(&mut rng, format, n * k / QK);
+            let wf = dequantized(format, &bytes, n, k);
+            let x = rng.vec(m * k);
+            let w = WeightSlice::Quant {
+                format,
+                bytes: &bytes,
+            };
+            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            matmul_with(&x, w, &mut a, p, isa);
+            matmul_with(&x, w, &mut b, p, Isa::Portable);
+            for i in 0..m {
+                for j in 0..n {
+                    let scale: f64 = (0..k)
+                        .map(|t| (x[i * k + t] as f64 * wf[j * k + t] as f64).abs())
+                        .sum();
+                    let diff = (a[i * n + j] as f64 - b[i * n + j] as f64).abs();
+                    assert!(
+                        diff <= 1e-6 * scale,
+                        "{format:?} m={m} n={n} k={k} [{i},{j}]: {} vs {} (seed {s:#x})",
+                        a[i * n + j],
+                        b[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A decode row gives the same bits whether it runs alone or with up to two other rows, and
+/// however the rows of w are split over tasks (n large enough for several tasks).
+#[test]
+fn gemv_rows_are_batch_invariant() {
+    let s = seed(0x9b_0003);
+    let mut rng = Rng::new(s);
+    let (n, k) = (2000, 576);
+    for format in FORMATS {
+        let bytes = random_blocks(&mut rng, format, n * k / QK);
+        let w = WeightSlice::Quant {
+            format,
+            bytes: &bytes,
+        };
+        let x = rng.vec(3 * k);
+        for isa in isas() {
+            let mut all = vec![0f32; 3 * n];
+            matmul_with(&x, w, &mut all, MatmulParams { m: 3, n, k }, isa);
+            for i in 0..3 {
+                let mut one = vec![0f32; n];
+                let xi = &x[i * k..(i + 1) * k];
+                matmul_with(xi, w, &mut one, MatmulParams { m: 1, n, k }, isa);
+                let same = one
+                    .iter()
+                    .zip(&all[i * n..(i + 1) * n])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{format:?} {isa:?} row {i} (seed {s:#x})");
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_k_gives_zeros() {
+    let mut out = vec![f32::NAN; 6];
+    let w = WeightSlice::Quant {
+        format: QuantFormat::Q4_1,
+        bytes: &[],
+    };
+    matmul_with(&[], w, &mut out, MatmulParams { m: 2, n: 3, k: 0 }, Isa::detect());
+    assert!(out.iter().all(|&v| v == 0.0));
+}
+
+#[test]
+#[should_panic(expected = "not a multiple")]
+fn k_not_multiple_of_block_is_rejected() {
+    let bytes = vec![0u8; 20 * 4];
+    let w = WeightSlice::Quant {
+        format: QuantFormat::Q4_1,
+        bytes: &bytes,
+    };
+    let mut out = vec![0f32; 4];
+    matmul_with(&[0.0; 40], w, &mut out, MatmulParams { m: 1, n: 2, k: 40 }, Isa::detect());
+}
+
+#[test]
+#[should_panic(expected = "w has")]
+fn short_weights_are_rejected() {
+    let bytes = vec![0u8; 20 * 3 - 1];
+    let w = WeightSlice::Quant {
+        format: QuantFormat::Q4_1,
+        bytes: &bytes,
+    };
+    let mut out = vec![0f32; 3];
+    matmul_with(&[0.0; 32], w, &mut out, MatmulParams { m: 1, n: 3, k: 32 }, Isa::detect());
+}
