@@ -52,7 +52,13 @@ fn main() {
 
     let mut report = String::new();
     for m in &modules {
-        let _ = writeln!(report, "== module {} ({})\n{}", m.name, m.source.display(), m.log);
+        let _ = writeln!(
+            report,
+            "== module {} ({})\n{}",
+            m.name,
+            m.source.display(),
+            m.log
+        );
     }
     write_file(&out_dir.join("ptxas-report.txt"), &report);
     let target_dir = target_dir(&out_dir, &workspace);
@@ -77,9 +83,11 @@ fn find_nvcc(workspace: &Path) -> PathBuf {
         panic!("kiln-kernels build: NVCC={} is not a file", p.display());
     }
     let mut candidates: Vec<PathBuf> = Vec::new();
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Some(root) = env::var_os(var) {
-            candidates.push(PathBuf::from(root).join("bin").join("nvcc"));
+    let mut unset = vec!["$NVCC"];
+    for (var, label) in [("CUDA_HOME", "$CUDA_HOME"), ("CUDA_PATH", "$CUDA_PATH")] {
+        match env::var_os(var) {
+            Some(root) => candidates.push(PathBuf::from(root).join("bin").join("nvcc")),
+            None => unset.push(label),
         }
     }
     if let Some(path) = env::var_os("PATH") {
@@ -96,8 +104,9 @@ fn find_nvcc(workspace: &Path) -> PathBuf {
         .collect();
     panic!(
         "kiln-kernels build: the `cuda` feature needs nvcc, and none was found.\n\
-         Looked at ($NVCC unset):\n{}\n\
-         Install one with scripts/install-cuda-toolchain.sh, or set NVCC / CUDA_HOME.",
+         Looked at ({} unset):\n{}\n\
+         Install one with scripts/install-cuda-toolchain.sh, or set NVCC or CUDA_HOME.",
+        unset.join(", "),
         looked.join("\n")
     );
 }
@@ -166,7 +175,10 @@ fn compile_all(nvcc: &Path, cuda_dir: &Path, out_dir: &Path, sources: &[PathBuf]
         }
     }
     if !errors.is_empty() {
-        panic!("kiln-kernels build: CUDA compilation failed\n{}", errors.join("\n"));
+        panic!(
+            "kiln-kernels build: CUDA compilation failed\n{}",
+            errors.join("\n")
+        );
     }
     modules
 }
@@ -180,7 +192,10 @@ fn compile_one(nvcc: &Path, cuda_dir: &Path, out_dir: &Path, src: &Path) -> Resu
     let code = fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
     let kernels = kernel_symbols(&code);
     if kernels.is_empty() {
-        return Err(format!("{}: no extern \"C\" __global__ kernels", src.display()));
+        return Err(format!(
+            "{}: no extern \"C\" __global__ kernels",
+            src.display()
+        ));
     }
     let fatbin = out_dir.join(format!("{name}.fatbin"));
     let mut cmd = Command::new(nvcc);
@@ -198,7 +213,11 @@ fn compile_one(nvcc: &Path, cuda_dir: &Path, out_dir: &Path, src: &Path) -> Resu
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() {
-        return Err(format!("nvcc failed on {} ({}):\n{log}", src.display(), out.status));
+        return Err(format!(
+            "nvcc failed on {} ({}):\n{log}",
+            src.display(),
+            out.status
+        ));
     }
     let resources = parse_ptxas(&log);
     for k in &kernels {
@@ -354,7 +373,11 @@ fn generate_table(modules: &[Module]) -> String {
 fn target_dir(out_dir: &Path, workspace: &Path) -> PathBuf {
     if let Some(dir) = env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        return if dir.is_absolute() { dir } else { workspace.join(dir) };
+        return if dir.is_absolute() {
+            dir
+        } else {
+            workspace.join(dir)
+        };
     }
     out_dir
         .ancestors()

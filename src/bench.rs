@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also time each op during decode and print where the time goes.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -49,12 +52,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let logits = model.forward(&prompt, &mut cache, Logits::Last)?;
         let mut next = logits.argmax()?.to_vec::<u32>()?[0];
         let prefill = t0.elapsed().as_secs_f64();
+        kiln_engine::profile::reset();
+        kiln_engine::profile::enable(args.profile);
         let t1 = Instant::now();
         for _ in 0..args.gen_len {
             let logits = model.forward(&[next], &mut cache, Logits::Last)?;
             next = logits.argmax()?.to_vec::<u32>()?[0];
         }
         let decode = t1.elapsed().as_secs_f64();
+        kiln_engine::profile::enable(false);
         best_prefill = best_prefill.min(prefill);
         best_decode = best_decode.min(decode);
     }
@@ -62,6 +68,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let decode_tps = args.gen_len as f64 / best_decode;
     let rss_mb = peak_rss_bytes().map(|b| b as f64 / 1e6);
     let weights_mb = model.weight_bytes() as f64 / 1e6;
+    if args.profile && !args.json {
+        println!("decode profile (last repetition, per generated token):");
+        for (op, total, calls) in kiln_engine::profile::report() {
+            let per_token_us = total.as_secs_f64() * 1e6 / args.gen_len as f64;
+            println!("  {op:<12} {per_token_us:>9.1} us/token  {calls:>7} calls");
+        }
+    }
     if args.json {
         let v = serde_json::json!({
             "model": args.model.model,

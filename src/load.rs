@@ -54,7 +54,19 @@ pub fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
                 .with_context(|| format!("--dtype {s:?}: expected f32, bf16 or f16"))?,
         ),
     };
-    Ok(LoadOptions { dtype, device })
+    Ok(LoadOptions {
+        dtype,
+        device,
+        progress: Some(report_progress),
+    })
+}
+
+/// Load progress on stderr, about every tenth of the layers.
+fn report_progress(done: usize, total: usize) {
+    let step = (total / 10).max(1);
+    if done % step == 0 || done == total {
+        eprintln!("kiln: loaded {done}/{total} layers");
+    }
 }
 
 /// Loads a text-generation model, printing progress to stderr.

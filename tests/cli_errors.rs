@@ -144,3 +144,54 @@ fn runs_the_tiny_model_end_to_end() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("tok/s"), "{stderr}");
 }
+
+#[test]
+fn random_weights_run_any_catalog_text_model_shape() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "run",
+            "@hf/huggingfacetb/smollm2-135m-instruct",
+            "--random-weights",
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "4",
+            "--seed",
+            "3",
+        ])
+        .env("KILN_HOME", home.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("random weights"), "{stderr}");
+    assert!(stderr.contains("loaded 30/30 layers"), "{stderr}");
+}
+
+#[test]
+fn random_weights_need_a_catalog_name() {
+    expect_error(&["run", &tiny(), "--random-weights", "--prompt", "hi"], &["catalog name"]);
+}
+
+#[test]
+fn models_lists_the_catalog_with_install_state() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["models"])
+        .env("KILN_HOME", home.path())
+        .env("HF_HOME", home.path().join("hf"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "@cf/meta/llama-3.1-8b-instruct",
+        "@cf/baai/bge-base-en-v1.5",
+        "@hf/huggingfacetb/smollm2-135m-instruct",
+    ] {
+        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} not listed:\n{stdout}"));
+        assert!(line.contains("missing"), "{line}");
+    }
+    assert!(stdout.contains("Text Generation"));
+}

@@ -8,6 +8,7 @@ pub mod dtype;
 pub mod error;
 pub mod layout;
 pub mod op;
+pub mod profile;
 pub mod sampler;
 pub mod storage;
 pub mod tensor;

@@ -51,6 +51,11 @@ template <typename T> __device__ __forceinline__ void scale(const ScaleParams<T>
         [&](uint64_t i) { p.out[i] = from_f32<T>(to_f32(p.a[i]) * p.scale); });
 }
 
+// Layouts shared with src/cuda/params.rs (which asserts the same numbers).
+static_assert(sizeof(BinaryParams<float>) == 32 && offsetof(BinaryParams<float>, n) == 24, "params layout");
+static_assert(sizeof(BinaryParams<bf16>) == 32 && offsetof(BinaryParams<bf16>, n) == 24, "params layout");
+static_assert(sizeof(ScaleParams<float>) == 32 && offsetof(ScaleParams<float>, scale) == 24, "params layout");
+
 }  // namespace kiln
 
 using namespace kiln;

@@ -3,6 +3,8 @@
 //! `extern "C"` kernel symbols each declares and the register / spill / stack use ptxas
 //! reported for each kernel on each arch. Loading and launching live in the engine.
 
+pub mod params;
+
 /// One compiled `cuda/<name>.cu`.
 #[derive(Debug)]
 pub struct CudaModule {
@@ -91,7 +93,10 @@ mod tests {
     const FATBIN_MAGIC: [u8; 4] = [0x50, 0xed, 0x55, 0xba];
 
     fn count(haystack: &[u8], needle: &[u8]) -> usize {
-        haystack.windows(needle.len()).filter(|w| *w == needle).count()
+        haystack
+            .windows(needle.len())
+            .filter(|w| *w == needle)
+            .count()
     }
 
     #[test]
@@ -112,14 +117,23 @@ mod tests {
                 }
             }
         }
-        assert!(bad.is_empty(), "hot kernels spill or use a stack frame:\n{}", bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "hot kernels spill or use a stack frame:\n{}",
+            bad.join("\n")
+        );
     }
 
     #[test]
     fn every_module_holds_its_kernels() {
         assert!(!modules().is_empty());
         for m in modules() {
-            assert_eq!(m.fatbin.as_ptr() as usize % 16, 0, "{} fatbin alignment", m.name);
+            assert_eq!(
+                m.fatbin.as_ptr() as usize % 16,
+                0,
+                "{} fatbin alignment",
+                m.name
+            );
             assert_eq!(m.fatbin[..4], FATBIN_MAGIC, "{} is not a fatbin", m.name);
             assert_eq!(m.archs, &[80, 89, 90], "{}", m.name);
             assert!(!m.kernels.is_empty(), "{} declares no kernel", m.name);

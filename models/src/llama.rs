@@ -19,6 +19,8 @@ pub struct LoadOptions {
     /// dtype of the matmul and embedding weights; `None` keeps the stored dtype.
     pub dtype: Option<DType>,
     pub device: Device,
+    /// Called after each decoder layer is loaded with (layers done, layers in all).
+    pub progress: Option<fn(usize, usize)>,
 }
 
 impl Default for LoadOptions {
@@ -26,6 +28,7 @@ impl Default for LoadOptions {
         LoadOptions {
             dtype: None,
             device: Device::Cpu,
+            progress: None,
         }
     }
 }
@@ -139,6 +142,9 @@ impl LlamaModel {
                     down_proj: get("mlp.down_proj.weight", &[h, c.intermediate_size], false)?,
                 },
             });
+            if let Some(report) = opts.progress {
+                report(i + 1, c.num_hidden_layers);
+            }
         }
         let norm_w = expect(norm("model.norm.weight")?, "model.norm.weight", &[h])?;
         // Some checkpoints say tie_word_embeddings but still ship lm_head; others (GGUF)

@@ -46,9 +46,11 @@ impl Backend for CpuBackend {
             Op::Cast { to } => return cast(&inputs[0], *to, &shape),
             _ => debug_assert_eq!(dtype, DType::F32),
         }
-        let mut out = vec![0f32; n];
-        run_f32(op, &inputs, &mut out)?;
-        Tensor::from_vec(out, &shape)
+        crate::profile::timed(op.name(), || {
+            let mut out = vec![0f32; n];
+            run_f32(op, &inputs, &mut out)?;
+            Tensor::from_vec(out, &shape)
+        })
     }
 
     fn execute_inplace(&self, op: &Op, dst: &mut Tensor, inputs: &[&Tensor]) -> Result<()> {

@@ -10,7 +10,7 @@ pub fn embedding(table: WeightSlice<'_>, hidden: usize, ids: &[u32], out: &mut [
     assert!(out.len() >= ids.len() * hidden, "embedding: out too short");
     if let WeightSlice::Quant { format, .. } = table {
         assert!(
-            hidden % QK == 0,
+            hidden.is_multiple_of(QK),
             "embedding: hidden = {hidden} is not a multiple of the {} block size",
             format.name()
         );
@@ -94,13 +94,24 @@ mod tests {
                     .map(|_| (rng.next_u64() % vocab as u64) as u32)
                     .collect();
                 let mut out = vec![f32::NAN; n * hidden];
-                embedding(WeightSlice::Quant { format, bytes: &bytes }, hidden, &ids, &mut out);
+                embedding(
+                    WeightSlice::Quant {
+                        format,
+                        bytes: &bytes,
+                    },
+                    hidden,
+                    &ids,
+                    &mut out,
+                );
                 let rb = format.row_bytes(hidden);
                 for (i, &id) in ids.iter().enumerate() {
                     let mut want = vec![0f32; hidden];
                     dequantize_row(format, &bytes[id as usize * rb..], &mut want);
                     let got = &out[i * hidden..(i + 1) * hidden];
-                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{format:?} row {i} (seed {s:#x})");
                 }
             }

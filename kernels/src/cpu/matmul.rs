@@ -107,7 +107,7 @@ pub(crate) fn matmul_with(
     );
     if let WeightSlice::Quant { format, .. } = w {
         assert!(
-            k % super::quant::QK == 0,
+            k.is_multiple_of(super::quant::QK),
             "matmul: k = {k} is not a multiple of the {} block size",
             format.name()
         );

@@ -6,14 +6,14 @@
 //!
 //! M < 4 (decode GEMV): fused dequant-dot that never materialises a weight row, because decode
 //! is memory-bound and the quantized bytes are 3-6x smaller than bf16. Per 32-element block
-//! the integer values are widened to f32 and dotted with x, and the scale is applied once per
-//! block: `d·Σ qᵢxᵢ` (Q8_0; Q4_0 with q − 8 taken in integers), `d·Σ qᵢxᵢ + m·Σ xᵢ` (Q4_1, the
-//! per-block sums of x computed once per call and shared by all N rows). The summation order
+//! the stored integers are widened to f32 and dotted with x, and the scales are applied once
+//! per block: `d·Σ qᵢxᵢ` (Q8_0), `d·Σ qᵢxᵢ + d·(−8·Σ xᵢ)` (Q4_0), `d·Σ qᵢxᵢ + m·Σ xᵢ` (Q4_1), the
+//! per-block sums of x computed once per call and shared by all N rows. The summation order
 //! differs from the f32 path, so these results match the exact dot product within f32 rounding
 //! rather than bit for bit; they do not depend on how the rows are split over threads.
 
-use super::{tiles, Isa, MatmulParams, OutPtr, Rows, BLOCKED_BLOCK_ELEMS, MR, NR, SCRATCH};
 use super::PARALLEL_MIN_WORK;
+use super::{tiles, Isa, MatmulParams, OutPtr, Rows, BLOCKED_BLOCK_ELEMS, MR, NR, SCRATCH};
 use crate::cpu::quant::{dequantize_row_with, Block, QuantFormat, Q4_0, Q4_1, Q8_0, QK};
 use rayon::prelude::*;
 
@@ -21,8 +21,11 @@ use rayon::prelude::*;
 const R_GEMV: usize = 4;
 /// Quantized bytes per rayon task on the GEMV path.
 const GEMV_TASK_BYTES: usize = 1 << 15;
-/// Below this many quantized bytes per x row a GEMV runs on the calling thread (see the
-/// measurements in the report: the thread wake-up costs more than the split saves).
+/// Below this many quantized bytes a GEMV runs on the calling thread: the 192×576 projections
+/// (69 KB in Q4_1) finish in a few µs, about a thread wake-up. Measured on 2 shared Zen 3 cores
+/// over a whole SmolLM2-135M decode pass (weights streaming from DRAM): splitting everything
+/// from 576×576 up was ~30% faster than one thread; the threshold and task size between
+/// 64 KB and 256 KB made no difference above the noise.
 const GEMV_PARALLEL_MIN_BYTES: usize = 1 << 17;
 
 pub(super) fn run(
@@ -91,14 +94,15 @@ fn prefill(
     }
 }
 
-/// Per x row and block, the sums of x in eight lanes (lane l: elements l, l+8, l+16, l+24):
-/// Q4_1's `m·Σx` term, kept as a vector so the AVX2 path adds it with one FMA per block and
-/// reduces the lanes only once per output.
-fn block_sums(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+/// Per x row and block, `scale·Σx` in eight lanes (lane l: elements l, l+8, l+16, l+24): the
+/// `m·Σx` term of Q4_1 (scale 1) or Q4_0's offset `d·(−8·Σx)` (scale −8, exact: a power of
+/// two), kept as a vector so the AVX2 path adds it with one FMA per block and reduces the
+/// lanes only once per output.
+fn block_sums(x: &[f32], m: usize, k: usize, scale: f32) -> Vec<f32> {
     let mut xs = vec![0f32; m * k / QK * 8];
     for (xb, s) in x[..m * k].chunks_exact(QK).zip(xs.chunks_exact_mut(8)) {
         for (l, sl) in s.iter_mut().enumerate() {
-            *sl = (xb[l] + xb[l + 8]) + (xb[l + 16] + xb[l + 24]);
+            *sl = scale * ((xb[l] + xb[l + 8]) + (xb[l + 16] + xb[l + 24]));
         }
     }
     xs
@@ -107,8 +111,11 @@ fn block_sums(x: &[f32], m: usize, k: usize) -> Vec<f32> {
 fn gemv<B: Block>(x: &[f32], bytes: &[u8], out: &mut [f32], p: MatmulParams, isa: Isa) {
     let MatmulParams { m, n, k } = p;
     let rb = B::BYTES * (k / QK);
+    // The portable path offsets the integers itself and only reads these for Q4_1's m·Σx.
     let xs = if B::HAS_MIN {
-        block_sums(x, m, k)
+        block_sums(x, m, k, 1.0)
+    } else if B::OFFSET != 0 {
+        block_sums(x, m, k, -(B::OFFSET as f32))
     } else {
         Vec::new()
     };
@@ -205,27 +212,44 @@ mod avx2 {
         k: usize,
         w: *const u8,
         rb: usize,
+        pf: usize,
         o: *mut f32,
         ldo: usize,
     ) {
         let nbk = k / QK;
         let mut acc = [[_mm256_setzero_ps(); R]; MX];
+        // The R rows are one contiguous stretch of R·rb bytes read as R short interleaved
+        // streams, which the hardware prefetcher follows poorly; so fetch ahead linearly,
+        // R·BYTES bytes per block step, `pf` bytes past the tile's start (prefetches do not
+        // fault, and wrapping_add keeps the pointer arithmetic defined past the end).
+        let step = R * B::BYTES;
         for b in 0..nbk {
+            if pf != 0 {
+                let ahead = w.wrapping_add(pf + b * step);
+                let mut off = 0;
+                while off < step {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off) as *const i8);
+                    off += 64;
+                }
+            }
             for j in 0..R {
                 let p = w.add(j * rb + b * B::BYTES);
-                let q = B::values8(p);
+                let q = B::raw8(p);
                 let (d, mn) = B::scales8(p);
+                // Q4_0's offset term is d·(−8·Σx): the block sums come pre-scaled.
+                let off = if B::HAS_MIN { mn } else { d };
                 for (i, ai) in acc.iter_mut().enumerate() {
                     let xp = x.add(i * k + b * QK);
-                    // Two chains of two so the block dot is not one 4-deep dependency.
-                    let s0 = _mm256_mul_ps(_mm256_loadu_ps(xp), q[0]);
-                    let s1 = _mm256_mul_ps(_mm256_loadu_ps(xp.add(8)), q[1]);
-                    let s0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(16)), q[2], s0);
-                    let s1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(24)), q[3], s1);
-                    let mut a = _mm256_fmadd_ps(d, _mm256_add_ps(s0, s1), ai[j]);
-                    if B::HAS_MIN {
+                    // One 4-deep chain per block; the R rows (and the next blocks, which do
+                    // not depend on it) give the out-of-order core independent work.
+                    let mut s = _mm256_mul_ps(_mm256_loadu_ps(xp), q[0]);
+                    s = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8)), q[1], s);
+                    s = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(16)), q[2], s);
+                    s = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(24)), q[3], s);
+                    let mut a = _mm256_fmadd_ps(d, s, ai[j]);
+                    if B::HAS_MIN || B::OFFSET != 0 {
                         let sx = _mm256_loadu_ps(xs.add((i * nbk + b) * 8));
-                        a = _mm256_fmadd_ps(mn, sx, a);
+                        a = _mm256_fmadd_ps(off, sx, a);
                     }
                     ai[j] = a;
                 }
@@ -256,13 +280,15 @@ mod avx2 {
     ) {
         let rb = k / QK * B::BYTES;
         let (xp, sp, wp) = (x.as_ptr(), xs.as_ptr(), w.as_ptr());
+        // One tile ahead: measured best (two or four tiles were no better, none ~1.5-3x slower).
+        let pf = R_GEMV * rb;
         let mut j = 0;
         while j + R_GEMV <= rows {
-            tile::<B, MX, R_GEMV>(xp, sp, k, wp.add(j * rb), rb, o.add(j), ldo);
+            tile::<B, MX, R_GEMV>(xp, sp, k, wp.add(j * rb), rb, pf, o.add(j), ldo);
             j += R_GEMV;
         }
         while j < rows {
-            tile::<B, MX, 1>(xp, sp, k, wp.add(j * rb), rb, o.add(j), ldo);
+            tile::<B, MX, 1>(xp, sp, k, wp.add(j * rb), rb, 0, o.add(j), ldo);
             j += 1;
         }
     }

@@ -149,7 +149,13 @@ fn empty_k_gives_zeros() {
         format: QuantFormat::Q4_1,
         bytes: &[],
     };
-    matmul_with(&[], w, &mut out, MatmulParams { m: 2, n: 3, k: 0 }, Isa::detect());
+    matmul_with(
+        &[],
+        w,
+        &mut out,
+        MatmulParams { m: 2, n: 3, k: 0 },
+        Isa::detect(),
+    );
     assert!(out.iter().all(|&v| v == 0.0));
 }
 
@@ -162,7 +168,13 @@ fn k_not_multiple_of_block_is_rejected() {
         bytes: &bytes,
     };
     let mut out = vec![0f32; 4];
-    matmul_with(&[0.0; 40], w, &mut out, MatmulParams { m: 1, n: 2, k: 40 }, Isa::detect());
+    matmul_with(
+        &[0.0; 40],
+        w,
+        &mut out,
+        MatmulParams { m: 1, n: 2, k: 40 },
+        Isa::detect(),
+    );
 }
 
 #[test]
@@ -174,5 +186,135 @@ fn short_weights_are_rejected() {
         bytes: &bytes,
     };
     let mut out = vec![0f32; 3];
-    matmul_with(&[0.0; 32], w, &mut out, MatmulParams { m: 1, n: 3, k: 32 }, Isa::detect());
+    matmul_with(
+        &[0.0; 32],
+        w,
+        &mut out,
+        MatmulParams { m: 1, n: 3, k: 32 },
+        Isa::detect(),
+    );
+}
+
+/// Not a check: min-of-many single-thread timings, robust to a busy machine.
+/// `cargo test -p kiln-kernels --lib -- --ignored quant_gemv_timing --nocapture`
+#[test]
+#[ignore]
+fn quant_gemv_timing() {
+    use half::bf16;
+    use std::time::Instant;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut rng = Rng::new(1);
+    for (n, k) in [(576, 576), (1536, 576), (576, 1536)] {
+        let x = rng.vec(k);
+        let wb: Vec<bf16> = rng.vec(n * k).iter().map(|&v| bf16::from_f32(v)).collect();
+        let q41 = random_blocks(&mut rng, QuantFormat::Q4_1, n * k / QK);
+        let q80 = random_blocks(&mut rng, QuantFormat::Q8_0, n * k / QK);
+        let q40 = random_blocks(&mut rng, QuantFormat::Q4_0, n * k / QK);
+        let mut out = vec![0f32; n];
+        let p = MatmulParams { m: 1, n, k };
+        let ws = [
+            ("bf16", WeightSlice::BF16(&wb)),
+            (
+                "Q4_1",
+                WeightSlice::Quant {
+                    format: QuantFormat::Q4_1,
+                    bytes: &q41,
+                },
+            ),
+            (
+                "Q4_0",
+                WeightSlice::Quant {
+                    format: QuantFormat::Q4_0,
+                    bytes: &q40,
+                },
+            ),
+            (
+                "Q8_0",
+                WeightSlice::Quant {
+                    format: QuantFormat::Q8_0,
+                    bytes: &q80,
+                },
+            ),
+        ];
+        for (name, w) in ws {
+            let best = pool.install(|| {
+                (0..300)
+                    .map(|_| {
+                        let t = Instant::now();
+                        matmul_with(&x, w, &mut out, p, Isa::detect());
+                        t.elapsed().as_secs_f64()
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            });
+            println!("{name} {n}x{k}: {:.1} us", best * 1e6);
+        }
+    }
+}
+
+/// Not a check: one decode token's worth of SmolLM2-135M GEMVs (30 layers + lm_head), so the
+/// weights stream from DRAM as in real decoding. Min of several passes.
+#[test]
+#[ignore]
+fn quant_decode_pass_timing() {
+    use half::bf16;
+    use std::time::Instant;
+    let shapes = [
+        (576, 576),
+        (192, 576),
+        (192, 576),
+        (576, 576),
+        (1536, 576),
+        (1536, 576),
+        (576, 1536),
+    ];
+    let mut rng = Rng::new(2);
+    let fmt = std::env::var("QFMT").unwrap_or_else(|_| "Q4_1".into());
+    let format = match fmt.as_str() {
+        "Q8_0" => QuantFormat::Q8_0,
+        "Q4_0" => QuantFormat::Q4_0,
+        _ => QuantFormat::Q4_1,
+    };
+    let mut mats: Vec<(usize, usize, Vec<u8>, Vec<bf16>)> = Vec::new();
+    let mut all = shapes.repeat(30);
+    all.push((49152, 576));
+    for (n, k) in all {
+        if fmt == "bf16" {
+            let w = (0..n * k)
+                .map(|i| bf16::from_bits((i as u16 & 0x7f) | 0x3c00))
+                .collect();
+            mats.push((n, k, Vec::new(), w));
+        } else {
+            mats.push((
+                n,
+                k,
+                random_blocks(&mut rng, format, n * k / QK),
+                Vec::new(),
+            ));
+        }
+    }
+    let x = rng.vec(1536);
+    let mut out = vec![0f32; 49152];
+    let mut best = f64::INFINITY;
+    for _ in 0..8 {
+        let t = Instant::now();
+        for (n, k, q, b) in &mats {
+            let w = if fmt == "bf16" {
+                WeightSlice::BF16(b)
+            } else {
+                WeightSlice::Quant { format, bytes: q }
+            };
+            matmul_with(
+                &x[..*k],
+                w,
+                &mut out[..*n],
+                MatmulParams { m: 1, n: *n, k: *k },
+                Isa::detect(),
+            );
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!("{fmt} decode pass: {:.2} ms", best * 1e3);
 }

@@ -38,9 +38,7 @@ impl WeightSlice<'_> {
             WeightSlice::F16(s) => s.len(),
             WeightSlice::BF16(s) => s.len(),
             // Whole blocks only: a trailing partial block holds no complete element run.
-            WeightSlice::Quant { format, bytes } => {
-                bytes.len() / format.block_bytes() * quant::QK
-            }
+            WeightSlice::Quant { format, bytes } => bytes.len() / format.block_bytes() * quant::QK,
         }
     }
 

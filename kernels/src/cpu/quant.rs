@@ -60,7 +60,7 @@ pub fn dequantize_row(format: QuantFormat, bytes: &[u8], out: &mut [f32]) {
 
 pub(crate) fn dequantize_row_with(format: QuantFormat, bytes: &[u8], out: &mut [f32], isa: Isa) {
     assert!(
-        out.len() % QK == 0,
+        out.len().is_multiple_of(QK),
         "dequantize_row: {} elements is not a whole number of {QK}-element blocks",
         out.len()
     );
@@ -104,13 +104,20 @@ unsafe fn avx2_dequant<B: Block>(bytes: &[u8], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let blocks = (bytes.len() / B::BYTES).min(out.len() / QK);
     let (src, dst) = (bytes.as_ptr(), out.as_mut_ptr());
+    let offset = _mm256_set1_ps(B::OFFSET as f32);
     for i in 0..blocks {
         let p = src.add(i * B::BYTES);
-        let q = B::values8(p);
+        let q = B::raw8(p);
         let (d, m) = B::scales8(p);
         for (t, v) in q.iter().enumerate() {
+            // q − 8 is exact in f32 (small integers), so this equals converting (q − 8).
+            let v = if B::OFFSET != 0 {
+                _mm256_sub_ps(*v, offset)
+            } else {
+                *v
+            };
             // Separate multiply and add (not FMA) to round exactly as the scalar reference.
-            let mut y = _mm256_mul_ps(*v, d);
+            let mut y = _mm256_mul_ps(v, d);
             if B::HAS_MIN {
                 y = _mm256_add_ps(y, m);
             }
@@ -124,6 +131,8 @@ pub(crate) trait Block: Copy + Send + Sync + 'static {
     const BYTES: usize;
     /// Q4_1 has an additive minimum `m`; the others have none (their `m` reads as 0).
     const HAS_MIN: bool;
+    /// Subtracted from the stored integer (8 for Q4_0, else 0).
+    const OFFSET: i32;
     /// `(d, m)` as f32 (exact widening of the f16 fields).
     fn scales(b: &[u8]) -> (f32, f32);
     /// The 32 integer values as f32 (exact), already offset (q − 8 for Q4_0).
@@ -131,9 +140,10 @@ pub(crate) trait Block: Copy + Send + Sync + 'static {
     /// `d` and `m` broadcast to all lanes.
     #[cfg(target_arch = "x86_64")]
     unsafe fn scales8(p: *const u8) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
-    /// The 32 values as four f32 vectors, elements 0..8, 8..16, 16..24, 24..32.
+    /// The 32 stored integers (before `OFFSET`) as four f32 vectors: elements 0..8, 8..16,
+    /// 16..24, 24..32. The GEMV applies the offset per block through Σx instead.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn values8(p: *const u8) -> [std::arch::x86_64::__m256; 4];
+    unsafe fn raw8(p: *const u8) -> [std::arch::x86_64::__m256; 4];
 }
 
 #[derive(Clone, Copy)]
@@ -159,12 +169,6 @@ fn nibbles(qs: &[u8], q: &mut [f32; QK], offset: i32) {
 mod simd {
     use std::arch::x86_64::*;
 
-    /// Eight signed bytes (the low half of `v`) as f32.
-    #[inline(always)]
-    pub(super) unsafe fn widen(v: __m128i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
-    }
-
     /// `[d, m]` from the f16 pair at `p` (m is garbage unless the format has one; unused then).
     #[inline(always)]
     pub(super) unsafe fn scales(p: *const u8, has_min: bool) -> (__m256, __m256) {
@@ -180,21 +184,47 @@ mod simd {
         )
     }
 
-    /// The 16 nibble bytes at `p` as four f32 vectors (elements 0..8, 8..16, 16..24, 24..32),
-    /// minus `OFFSET`.
+    /// Eight signed bytes at `p` as f32 (the 8-byte load folds into vpmovsxbd).
     #[inline(always)]
-    pub(super) unsafe fn nibbles<const OFFSET: i8>(p: *const u8) -> [__m256; 4] {
-        let raw = _mm_loadu_si128(p as *const __m128i);
-        let mask = _mm_set1_epi8(0x0F);
-        let off = _mm_set1_epi8(OFFSET);
-        // Offsetting in bytes keeps the values within i8 (−8..7), so sign extension is exact.
-        let lo = _mm_sub_epi8(_mm_and_si128(raw, mask), off);
-        let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(raw), mask), off);
+    pub(super) unsafe fn widen_i8(p: *const u8) -> __m256 {
+        let v = _mm_loadl_epi64(p as *const __m128i);
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
+    }
+
+    /// Byte-shuffle controls for `nibbles`: dword i of lane 0 takes byte s + i, of lane 1 byte
+    /// s + 4 + i (s = 0, then 8); -1 (bit 7 set) writes zero.
+    static SPREAD: [[i8; 32]; 2] = {
+        let mut c = [[-1i8; 32]; 2];
+        let mut h = 0;
+        while h < 2 {
+            let mut i = 0;
+            while i < 8 {
+                c[h][4 * i] = (8 * h + i) as i8;
+                i += 1;
+            }
+            h += 1;
+        }
+        c
+    };
+
+    /// The 16 nibble bytes at `p` as four f32 vectors (elements 0..8, 8..16, 16..24, 24..32).
+    ///
+    /// The bytes are broadcast to both 128-bit lanes and one in-lane byte shuffle puts byte j
+    /// alone in the low byte of dword j (bytes 0..8, then 8..16), so the low nibble is one AND
+    /// and the high nibble one dword shift away: fewer uops than separating the nibbles in
+    /// bytes and sign-extending each group of eight (vpmovsxbd crosses lanes on Zen 3).
+    #[inline(always)]
+    pub(super) unsafe fn nibbles(p: *const u8) -> [__m256; 4] {
+        let raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+        let spread = |c: &[i8; 32]| _mm256_loadu_si256(c.as_ptr() as *const __m256i);
+        let mask = _mm256_set1_epi32(0x0F);
+        let a = _mm256_shuffle_epi8(raw, spread(&SPREAD[0]));
+        let b = _mm256_shuffle_epi8(raw, spread(&SPREAD[1]));
         [
-            widen(lo),
-            widen(_mm_unpackhi_epi64(lo, lo)),
-            widen(hi),
-            widen(_mm_unpackhi_epi64(hi, hi)),
+            _mm256_cvtepi32_ps(_mm256_and_si256(a, mask)),
+            _mm256_cvtepi32_ps(_mm256_and_si256(b, mask)),
+            _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(a)),
+            _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(b)),
         ]
     }
 }
@@ -202,6 +232,7 @@ mod simd {
 impl Block for Q8_0 {
     const BYTES: usize = 34;
     const HAS_MIN: bool = false;
+    const OFFSET: i32 = 0;
     fn scales(b: &[u8]) -> (f32, f32) {
         (f16_at(b, 0), 0.0)
     }
@@ -217,15 +248,14 @@ impl Block for Q8_0 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn values8(p: *const u8) -> [std::arch::x86_64::__m256; 4] {
-        use std::arch::x86_64::*;
+    unsafe fn raw8(p: *const u8) -> [std::arch::x86_64::__m256; 4] {
         // 8-byte loads fold into vpmovsxbd's memory operand: no shuffles needed.
-        let q = |t: usize| _mm_loadl_epi64(p.add(2 + 8 * t) as *const __m128i);
+        let q = p.add(2);
         [
-            simd::widen(q(0)),
-            simd::widen(q(1)),
-            simd::widen(q(2)),
-            simd::widen(q(3)),
+            simd::widen_i8(q),
+            simd::widen_i8(q.add(8)),
+            simd::widen_i8(q.add(16)),
+            simd::widen_i8(q.add(24)),
         ]
     }
 }
@@ -233,6 +263,7 @@ impl Block for Q8_0 {
 impl Block for Q4_0 {
     const BYTES: usize = 18;
     const HAS_MIN: bool = false;
+    const OFFSET: i32 = 8;
     fn scales(b: &[u8]) -> (f32, f32) {
         (f16_at(b, 0), 0.0)
     }
@@ -246,14 +277,15 @@ impl Block for Q4_0 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn values8(p: *const u8) -> [std::arch::x86_64::__m256; 4] {
-        simd::nibbles::<8>(p.add(2))
+    unsafe fn raw8(p: *const u8) -> [std::arch::x86_64::__m256; 4] {
+        simd::nibbles(p.add(2))
     }
 }
 
 impl Block for Q4_1 {
     const BYTES: usize = 20;
     const HAS_MIN: bool = true;
+    const OFFSET: i32 = 0;
     fn scales(b: &[u8]) -> (f32, f32) {
         (f16_at(b, 0), f16_at(b, 2))
     }
@@ -267,8 +299,8 @@ impl Block for Q4_1 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn values8(p: *const u8) -> [std::arch::x86_64::__m256; 4] {
-        simd::nibbles::<0>(p.add(4))
+    unsafe fn raw8(p: *const u8) -> [std::arch::x86_64::__m256; 4] {
+        simd::nibbles(p.add(4))
     }
 }
 

@@ -1,0 +1,161 @@
+//! The kernels' parameter structs as the launcher builds them: `#[repr(C)]` twins of the
+//! structs in `cuda/*.cu`, passed by value as a kernel's only argument. Device pointers are
+//! `u64` (`CUdeviceptr`). Each `.cu` file `static_assert`s the size and the offset of the last
+//! field of its structs to the values asserted here, so a layout drift fails one of the two
+//! builds. Launch shapes are documented at the top of each `.cu` file.
+
+use core::mem::{offset_of, size_of};
+
+/// `kiln_{add,mul}_{f32,bf16}`: out = a op b over `n` elements. `out` may alias `a` or `b`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BinaryParams {
+    pub a: u64,
+    pub b: u64,
+    pub out: u64,
+    pub n: u64,
+}
+
+/// `kiln_scale_{f32,bf16}`: out = a * scale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ScaleParams {
+    pub a: u64,
+    pub out: u64,
+    pub n: u64,
+    pub scale: f32,
+}
+
+/// `kiln_silu_mul_{f32,bf16}`: out = silu(gate) * up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SiluMulParams {
+    pub gate: u64,
+    pub up: u64,
+    pub out: u64,
+    pub n: u64,
+}
+
+/// `kiln_gelu_erf_*`, `kiln_gelu_tanh_*`, `kiln_quick_gelu_*`: out = f(x).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnaryParams {
+    pub x: u64,
+    pub out: u64,
+    pub n: u64,
+}
+
+/// `kiln_cast_<from>_<to>`: out = x converted, round to nearest even. No aliasing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CastParams {
+    pub x: u64,
+    pub out: u64,
+    pub n: u64,
+}
+
+/// `kiln_rmsnorm_{f32,bf16}`: x, out [rows, cols]; w [cols].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNormParams {
+    pub x: u64,
+    pub w: u64,
+    pub out: u64,
+    pub rows: u64,
+    pub cols: u32,
+    pub eps: f32,
+}
+
+/// `kiln_residual_rmsnorm_{f32,bf16}`: sum = x + residual; out = rmsnorm(sum) * w.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ResidualRmsNormParams {
+    pub x: u64,
+    pub residual: u64,
+    pub w: u64,
+    pub sum: u64,
+    pub out: u64,
+    pub rows: u64,
+    pub cols: u32,
+    pub eps: f32,
+}
+
+/// `kiln_layernorm_{f32,bf16}`: `b` = 0 for no bias.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormParams {
+    pub x: u64,
+    pub w: u64,
+    pub b: u64,
+    pub out: u64,
+    pub rows: u64,
+    pub cols: u32,
+    pub eps: f32,
+}
+
+/// `kiln_softmax_f32`: `causal` is 0 or 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SoftmaxParams {
+    pub x: u64,
+    pub out: u64,
+    pub rows: u64,
+    pub cols: u32,
+    pub scale: f32,
+    pub causal: u32,
+}
+
+/// `kiln_argmax_f32`: out is `u32` [rows].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArgmaxParams {
+    pub x: u64,
+    pub out: u64,
+    pub rows: u64,
+    pub cols: u32,
+}
+
+/// `kiln_embedding_{f32,bf16,f16}`: table [vocab, hidden] -> out f32 [tokens, hidden].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddingParams {
+    pub table: u64,
+    pub ids: u64,
+    pub out: u64,
+    pub tokens: u64,
+    pub hidden: u32,
+    pub vocab: u32,
+}
+
+/// `kiln_rope_{f32,bf16}`: x [tokens, heads, head_dim] in place; dynamic shared memory
+/// `head_dim * 4` bytes; `interleaved` is 0 (half-split) or 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RopeParams {
+    pub x: u64,
+    pub positions: u64,
+    pub inv_freq: u64,
+    pub tokens: u64,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub interleaved: u32,
+    pub attention_scaling: f32,
+}
+
+// The same numbers are static_assert-ed in the .cu files.
+const _: () = {
+    assert!(size_of::<BinaryParams>() == 32 && offset_of!(BinaryParams, n) == 24);
+    assert!(size_of::<ScaleParams>() == 32 && offset_of!(ScaleParams, scale) == 24);
+    assert!(size_of::<SiluMulParams>() == 32 && offset_of!(SiluMulParams, n) == 24);
+    assert!(size_of::<UnaryParams>() == 24 && offset_of!(UnaryParams, n) == 16);
+    assert!(size_of::<CastParams>() == 24 && offset_of!(CastParams, n) == 16);
+    assert!(size_of::<RmsNormParams>() == 40 && offset_of!(RmsNormParams, eps) == 36);
+    assert!(
+        size_of::<ResidualRmsNormParams>() == 56 && offset_of!(ResidualRmsNormParams, eps) == 52
+    );
+    assert!(size_of::<LayerNormParams>() == 48 && offset_of!(LayerNormParams, eps) == 44);
+    assert!(size_of::<SoftmaxParams>() == 40 && offset_of!(SoftmaxParams, causal) == 32);
+    assert!(size_of::<ArgmaxParams>() == 32 && offset_of!(ArgmaxParams, cols) == 24);
+    assert!(size_of::<EmbeddingParams>() == 40 && offset_of!(EmbeddingParams, vocab) == 36);
+    assert!(size_of::<RopeParams>() == 48 && offset_of!(RopeParams, attention_scaling) == 44);
+};
