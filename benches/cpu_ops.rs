@@ -37,11 +37,10 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 
 /// `n` rows of `k` elements as random GGML blocks (scales ~0.01, random quants).
 fn quantized(format: QuantFormat, n: usize, k: usize, seed: u32) -> Vec<u8> {
-    let bytes: Vec<u8> = data(format.row_bytes(k) * n, seed)
+    let mut bytes: Vec<u8> = data(format.row_bytes(k) * n, seed)
         .iter()
         .map(|&v| (v * 127.0) as i8 as u8)
         .collect();
-    let mut bytes = bytes;
     let scale = half::f16::from_f32(0.01).to_le_bytes();
     for b in bytes.chunks_exact_mut(format.block_bytes()) {
         b[..2].copy_from_slice(&scale);

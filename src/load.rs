@@ -87,7 +87,7 @@ pub fn load_text_model(args: &ModelArgs) -> Result<TextModel> {
             "kiln: building {} with random weights (seed {}, {} layers)",
             entry.name, args.weights_seed, config.num_hidden_layers
         );
-        let tokenizer = kiln_models::random::byte_level_tokenizer()?;
+        let tokenizer = kiln_models::random::byte_level_tokenizer(config.vocab_size)?;
         TextModel::random(config, tokenizer, None, args.weights_seed, opts)?
     } else {
         let resolved = resolve::resolve(&args.model, &resolve_options(args.models.clone()))?;

@@ -1,6 +1,7 @@
 //! `kiln`: run, list and benchmark models from the command line.
 
 mod bench;
+mod bench_ops;
 mod load;
 mod run;
 
@@ -8,7 +9,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "kiln: an inference engine with hand-written kernels")]
+#[command(
+    name = "kiln",
+    version,
+    about = "kiln: an inference engine with hand-written kernels"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +27,8 @@ enum Command {
     Models(load::ModelsArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Time every op of the engine's op set on one device (GB/s, TFLOP/s).
+    BenchOps(bench_ops::BenchOpsArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +37,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Models(args) => load::list_models(args),
         Command::Bench(args) => bench::bench(args),
+        Command::BenchOps(args) => bench_ops::bench_ops(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

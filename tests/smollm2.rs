@@ -85,9 +85,50 @@ fn chat_answers_paris() {
     assert!(out.text.contains("Paris"), "reply: {}", out.text);
 }
 
+/// The default load keeps the GGUF's Q4_1 / Q8_0 blocks and multiplies them directly (only
+/// the summation order differs from the f32 path): same greedy tokens, logits within 1e-3.
 #[test]
-fn bf16_default_load_still_answers_paris() {
+fn quantized_default_load_matches_transformers() {
     let m = TextModel::from_gguf(&smollm2_gguf(), LoadOptions::default()).unwrap();
+    assert!(
+        m.model.weight_bytes() < 120_000_000,
+        "weights should stay quantized: {} bytes",
+        m.model.weight_bytes()
+    );
+    let cases = read_json(&fixtures().join("smollm2/greedy.json"));
+    let logits =
+        SafetensorsWeights::open_files(&[fixtures().join("smollm2/last_logits.safetensors")])
+            .unwrap();
+    for (i, case) in cases["prompts"].as_array().unwrap().iter().enumerate() {
+        let prompt = ids(&case["prompt_ids"]);
+        let mut cache = m.model.new_cache(prompt.len() + 32).unwrap();
+        let last = m.model.forward(&prompt, &mut cache, Logits::Last).unwrap();
+        let want = logits.get(&format!("logits_{i}")).unwrap().to_vec::<f32>().unwrap();
+        let diff = max_abs_diff(&last.to_vec::<f32>().unwrap(), &want);
+        println!("quantized prompt {i}: max |last logit diff| {diff:.2e}");
+        assert!(diff <= 1e-3, "prompt {i}: quantized logits differ by {diff}");
+        let mut next = last.argmax().unwrap().to_vec::<u32>().unwrap()[0];
+        let mut got = vec![next];
+        while got.len() < 32 {
+            let l = m.model.forward(&[next], &mut cache, Logits::Last).unwrap();
+            next = l.argmax().unwrap().to_vec::<u32>().unwrap()[0];
+            got.push(next);
+        }
+        assert_eq!(got, ids(&case["greedy_ids"]), "prompt {i}: quantized greedy differs");
+    }
+    let messages = [ChatMessage::new("user", "What is the capital of France?")];
+    let prompt = m.prompt_ids(&Prompt::Chat(&messages)).unwrap();
+    let out = m.generate(&prompt, &greedy_params(16), &mut |_| true).unwrap();
+    assert_eq!(out.text, cases["chat"]["reply"].as_str().unwrap());
+}
+
+#[test]
+fn bf16_weights_still_answer_paris() {
+    let opts = LoadOptions {
+        dtype: Some(DType::BF16),
+        ..Default::default()
+    };
+    let m = TextModel::from_gguf(&smollm2_gguf(), opts).unwrap();
     let messages = [ChatMessage::new("user", "What is the capital of France?")];
     let prompt = m.prompt_ids(&Prompt::Chat(&messages)).unwrap();
     let out = m.generate(&prompt, &greedy_params(16), &mut |_| true).unwrap();

@@ -14,24 +14,24 @@ pub enum Op {
     Embedding,
     /// [x [.., k] f32, w [n, k] (f32/bf16/f16/q8_0/q4_0/q4_1)] -> [.., n] f32
     Matmul,
-    /// [x [.., h] f32, w [h] f32] -> [.., h]
+    /// [x [.., h], w [h]] f32 (or bf16 where the backend supports it) -> [.., h]
     RmsNorm { eps: f32 },
-    /// [x [tokens, heads, d] f32, positions [tokens] u32, inv_freq [d/2] f32] -> same as x
+    /// [x [tokens, heads, d] f32 (or bf16), positions [tokens] u32, inv_freq [d/2] f32] -> same as x
     Rope {
         style: RopeStyle,
         attention_scaling: f32,
     },
-    /// [gate, up] f32 same shape -> silu(gate) * up
+    /// [gate, up] f32 (or both bf16) same shape -> silu(gate) * up
     SiluMul,
     /// [x [.., cols] f32] -> softmax(x * scale) per row, causal mask optional
     Softmax { scale: f32, causal: bool },
     /// [q [q_len, heads, d], k [kv_len, kv_heads, d], v [kv_len, kv_heads, d]] f32 -> [q_len, heads, d]
     Attention { scale: f32, causal: bool },
-    /// [a, b] f32 same shape -> a + b
+    /// [a, b] f32 (or both bf16) same shape -> a + b
     Add,
-    /// [a, b] f32 same shape -> a * b
+    /// [a, b] f32 (or both bf16) same shape -> a * b
     Mul,
-    /// [a] f32 -> a * factor
+    /// [a] f32 (or bf16) -> a * factor
     Scale { factor: f32 },
     /// [x [.., cols] f32] -> [..] u32
     Argmax,
@@ -125,8 +125,8 @@ impl Op {
             }
             Op::RmsNorm { .. } => {
                 let w = inputs[1];
-                want_f32(name, x)?;
-                want_f32(name, w)?;
+                want_act(name, x)?;
+                want_same(name, x, w)?;
                 let h = last_dim(name, x)?;
                 if w.shape() != [h] {
                     return Err(shape_err(
@@ -134,11 +134,11 @@ impl Op {
                         format!("weight {:?} for x {:?}", w.shape(), x.shape()),
                     ));
                 }
-                Ok((x.shape().to_vec(), DType::F32))
+                Ok((x.shape().to_vec(), x.dtype()))
             }
             Op::Rope { .. } => {
                 let (pos, inv_freq) = (inputs[1], inputs[2]);
-                want_f32(name, x)?;
+                want_act(name, x)?;
                 want_rank(name, "x", x, 3)?;
                 if pos.dtype() != DType::U32 {
                     return Err(dtype_err(name, pos, "u32 positions"));
@@ -157,21 +157,26 @@ impl Op {
                     ));
                 }
                 want_f32(name, inv_freq)?;
-                Ok((x.shape().to_vec(), DType::F32))
+                Ok((x.shape().to_vec(), x.dtype()))
             }
             Op::SiluMul | Op::Add | Op::Mul => {
                 let y = inputs[1];
-                want_f32(name, x)?;
-                want_f32(name, y)?;
+                want_act(name, x)?;
+                want_same(name, x, y)?;
                 if x.shape() != y.shape() {
                     return Err(shape_err(
                         name,
                         format!("shapes {:?} and {:?} differ", x.shape(), y.shape()),
                     ));
                 }
-                Ok((x.shape().to_vec(), DType::F32))
+                Ok((x.shape().to_vec(), x.dtype()))
             }
-            Op::Softmax { .. } | Op::Scale { .. } => {
+            Op::Scale { .. } => {
+                want_act(name, x)?;
+                last_dim(name, x)?;
+                Ok((x.shape().to_vec(), x.dtype()))
+            }
+            Op::Softmax { .. } => {
                 want_f32(name, x)?;
                 last_dim(name, x)?;
                 Ok((x.shape().to_vec(), DType::F32))
@@ -270,6 +275,23 @@ fn want_f32(op: &'static str, t: &Tensor) -> Result<()> {
         Ok(())
     } else {
         Err(dtype_err(op, t, "f32"))
+    }
+}
+
+/// Activations: f32, or bf16 on backends with bf16 kernels (`supports` decides).
+fn want_act(op: &'static str, t: &Tensor) -> Result<()> {
+    if matches!(t.dtype(), DType::F32 | DType::BF16) {
+        Ok(())
+    } else {
+        Err(dtype_err(op, t, "f32 or bf16"))
+    }
+}
+
+fn want_same(op: &'static str, x: &Tensor, y: &Tensor) -> Result<()> {
+    if y.dtype() == x.dtype() {
+        Ok(())
+    } else {
+        Err(dtype_err(op, y, x.dtype().name()))
     }
 }
 

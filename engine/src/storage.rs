@@ -4,6 +4,10 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use std::sync::Arc;
 
+/// Device memory behind a CUDA tensor (feature `cuda`).
+#[cfg(feature = "cuda")]
+pub use crate::backend::cuda::CudaStorage;
+
 /// Host memory behind a CPU tensor: an owned vector, or a zero-copy window into a
 /// memory-mapped weights file.
 pub enum CpuStorage {
@@ -116,6 +120,19 @@ impl CpuStorage {
         }
         bytemuck::try_cast_slice(self.bytes())
             .map_err(|e| EngineError::Data(format!("unaligned tensor data: {e}")))
+    }
+
+    /// The raw bytes, writable (None for read-only mapped weights).
+    pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        Some(match self {
+            CpuStorage::F32(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::F16(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::I32(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::U32(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::U8(v) | CpuStorage::Quant { bytes: v, .. } => v,
+            CpuStorage::Mapped { .. } => return None,
+        })
     }
 
     pub fn as_mut_slice<T: Element>(&mut self) -> Result<&mut [T]> {

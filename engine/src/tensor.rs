@@ -11,6 +11,16 @@ use std::sync::Arc;
 /// Where a tensor's elements live.
 pub enum Storage {
     Cpu(CpuStorage),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::storage::CudaStorage),
+}
+
+/// The error for host-only accessors on a device tensor.
+#[cfg(feature = "cuda")]
+fn on_device(what: &str, device: Device) -> EngineError {
+    EngineError::Data(format!(
+        "{what}: the tensor is on {device}; copy it with to_device(Device::Cpu) or to_vec()"
+    ))
 }
 
 /// An n-dimensional array on a device: shared storage plus a view (shape, strides, offset).
@@ -38,6 +48,8 @@ impl Tensor {
     pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Self {
         let dtype = match &storage {
             Storage::Cpu(s) => s.dtype(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.dtype(),
         };
         Tensor {
             storage: Arc::new(storage),
@@ -74,7 +86,37 @@ impl Tensor {
                     shape,
                 ))
             }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => crate::backend::cuda::zeros(shape, dtype, n),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(crate::backend::no_cuda()),
         }
+    }
+
+    /// This tensor on `device`: a cheap clone when it is already there, otherwise a dense
+    /// copy (host <-> device through pinned staging buffers).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        #[cfg(feature = "cuda")]
+        {
+            crate::backend::cuda::to_device(self, device)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            Err(crate::backend::no_cuda())
+        }
+    }
+
+    /// Makes this tensor the only owner of its storage (copying it if shared), so an
+    /// in-place op does not change other tensors.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn make_storage_unique(&mut self) -> Result<()> {
+        if Arc::get_mut(&mut self.storage).is_none() {
+            *self = self.deep_copy()?;
+        }
+        Ok(())
     }
 
     /// A tensor backed by bytes of a memory-mapped file: zero-copy when the bytes are aligned
@@ -143,6 +185,8 @@ impl Tensor {
                 let len = self.dtype.storage_bytes(self.elem_count());
                 Ok(&s.bytes()[start..start + len])
             }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(on_device("raw_bytes", self.device())),
         }
     }
 
@@ -173,6 +217,8 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match self.storage.as_ref() {
             Storage::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => crate::backend::cuda::storage_device(s),
         }
     }
 
@@ -192,6 +238,8 @@ impl Tensor {
     pub fn is_mapped(&self) -> bool {
         match self.storage.as_ref() {
             Storage::Cpu(s) => s.is_mapped(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => false,
         }
     }
 
@@ -212,6 +260,8 @@ impl Tensor {
                 let start = self.layout.offset();
                 Ok(&all[start..start + self.elem_count()])
             }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(on_device("as_slice", self.device())),
         }
     }
 
@@ -223,6 +273,10 @@ impl Tensor {
                 "as_mut_slice needs a contiguous tensor".into(),
             ));
         }
+        #[cfg(feature = "cuda")]
+        if self.device() != Device::Cpu {
+            return Err(on_device("as_mut_slice", self.device()));
+        }
         if Arc::get_mut(&mut self.storage).is_none() || self.is_mapped() {
             *self = self.deep_copy()?;
         }
@@ -232,6 +286,10 @@ impl Tensor {
             .ok_or_else(|| EngineError::Data("tensor storage still shared".into()))?;
         match storage {
             Storage::Cpu(s) => Ok(&mut s.as_mut_slice::<T>()?[start..start + n]),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(EngineError::Data(
+                "as_mut_slice: the tensor is on a CUDA device".into(),
+            )),
         }
     }
 
@@ -247,11 +305,17 @@ impl Tensor {
                     Ok(self.layout.offsets().map(|o| all[o]).collect())
                 }
             }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => self.to_device(Device::Cpu)?.to_vec(),
         }
     }
 
     /// A dense copy with its own storage.
     pub fn deep_copy(&self) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Storage::Cuda(_) = self.storage.as_ref() {
+            return crate::backend::cuda::copy_contiguous(self);
+        }
         match self.dtype {
             DType::F32 => Tensor::from_vec(self.to_vec::<f32>()?, self.shape()),
             DType::F16 => Tensor::from_vec(self.to_vec::<half::f16>()?, self.shape()),

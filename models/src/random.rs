@@ -102,10 +102,14 @@ fn unit(seed: u64, i: u64) -> f32 {
 }
 
 /// A tokenizer for models without one (random weights): one token per byte (GPT-2 byte-level
-/// alphabet), ids 0..256, no merges. Any text round-trips.
-pub fn byte_level_tokenizer() -> Result<crate::tokenizer::Tokenizer> {
-    let vocab: serde_json::Map<String, serde_json::Value> = (0u8..=255)
-        .map(|b| (byte_char(b).to_string(), serde_json::Value::from(b as u32)))
+/// alphabet) as ids 0..256, no merges, so any text round-trips; ids 256..vocab_size exist
+/// so that whatever a random model samples decodes (as `<tN>`).
+pub fn byte_level_tokenizer(vocab_size: usize) -> Result<crate::tokenizer::Tokenizer> {
+    let bytes = (0u8..=255).map(|b| (byte_char(b).to_string(), b as u32));
+    let fillers = (256..vocab_size.max(256) as u32).map(|id| (format!("<t{id}>"), id));
+    let vocab: serde_json::Map<String, serde_json::Value> = bytes
+        .chain(fillers)
+        .map(|(token, id)| (token, serde_json::Value::from(id)))
         .collect();
     let spec = serde_json::json!({
         "version": "1.0",
@@ -140,12 +144,13 @@ mod tests {
 
     #[test]
     fn byte_level_tokenizer_round_trips_any_text() {
-        let tok = byte_level_tokenizer().unwrap();
+        let tok = byte_level_tokenizer(1000).unwrap();
         for text in ["hello world", "é 日本 🙂\n\t  x", ""] {
             let ids = tok.encode(text, false).unwrap();
             assert_eq!(ids.len(), text.len());
             assert_eq!(tok.decode(&ids, false).unwrap(), text);
         }
+        assert_eq!(tok.decode(&[999], false).unwrap(), "<t999>");
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! differs from the f32 path, so these results match the exact dot product within f32 rounding
 //! rather than bit for bit; they do not depend on how the rows are split over threads.
 
-use super::PARALLEL_MIN_WORK;
-use super::{tiles, Isa, MatmulParams, OutPtr, Rows, BLOCKED_BLOCK_ELEMS, MR, NR, SCRATCH};
+use super::{tiles, Isa, MatmulParams, OutPtr, Rows, SCRATCH};
+use super::{BLOCKED_BLOCK_ELEMS, MR, NR, PARALLEL_MIN_WORK};
 use crate::cpu::quant::{dequantize_row_with, Block, QuantFormat, Q4_0, Q4_1, Q8_0, QK};
 use rayon::prelude::*;
 

@@ -9,6 +9,7 @@
 //!   Q6_K `ql[128], qh[64], scales[16] i8, d`; Q8_K `d f32, qs[256] i8, bsums[16] i16`
 //!   (256 elements per block)
 
+use kiln_kernels::cpu::quant::{dequantize_row, QuantFormat};
 use rayon::prelude::*;
 
 use super::types::GgmlType;
@@ -130,22 +131,14 @@ fn bf16_block(b: &[u8], y: &mut [f32]) {
     y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
 }
 
+// Q4_0, Q4_1 and Q8_0 are the formats the CPU kernels also multiply directly: one decoder
+// (kiln-kernels) serves both, so load-time dequantization and the fused GEMV cannot drift.
 fn q4_0(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b, 0);
-    let qs = &b[2..18];
-    for j in 0..16 {
-        y[j] = ((qs[j] & 0x0F) as i32 - 8) as f32 * d;
-        y[j + 16] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
-    }
+    dequantize_row(QuantFormat::Q4_0, b, y);
 }
 
 fn q4_1(b: &[u8], y: &mut [f32]) {
-    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-    let qs = &b[4..20];
-    for j in 0..16 {
-        y[j] = (qs[j] & 0x0F) as f32 * d + m;
-        y[j + 16] = (qs[j] >> 4) as f32 * d + m;
-    }
+    dequantize_row(QuantFormat::Q4_1, b, y);
 }
 
 /// The 5th bits of a Q5 block: bit j of `qh` belongs to element j (low nibbles) and bit
@@ -180,10 +173,7 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
 }
 
 fn q8_0(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b, 0);
-    for (yj, &q) in y.iter_mut().zip(&b[2..34]) {
-        *yj = (q as i8) as f32 * d;
-    }
+    dequantize_row(QuantFormat::Q8_0, b, y);
 }
 
 fn q8_k(b: &[u8], y: &mut [f32]) {

@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""kiln's kernels and decode against PyTorch / HF transformers on the same GPU.
+
+    python3 scripts/gpu_peers.py ops --kiln BENCH.jsonl --ceilings CEIL.json [--summary ROWS.tsv]
+    python3 scripts/gpu_peers.py e2e --kiln KILN_BENCH.json --ceilings CEIL.json [--summary ROWS.tsv]
+
+ops: times torch on the shapes of `kiln bench-ops --size large` (mirrored below; a kiln row is
+matched by op and shape), prints kiln GB/s (% of the measured copy ceiling) next to torch's,
+and torch.matmul bf16 on the Llama-3.1-8B shapes next to kiln's matmul ("n/a" while kiln has
+no kernel for it). e2e: greedy decode of a random-weight Llama-3.1-8B-shaped model in bf16
+with HF transformers (batch 1, 128 prompt + 256 generated tokens) against the roofline
+(weight bytes per token / measured copy bandwidth) and kiln's `kiln bench --json` result.
+Summary rows: stage, metric, value, reference, ratio, status (tab-separated).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+LLAMA_NK = [(4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336), (128256, 4096)]
+LLAMA_M = [1, 16, 128, 4096]
+R, H = 8192, 4096
+ELEM = {"f32": 4, "bf16": 2, "u32": 4}
+# (op, input shapes, input dtypes, extra) as in src/bench_ops/cases.rs with --size large.
+CASES = [
+    ("embedding", [[32768, H], [R]], ["bf16", "u32"], {}),
+    *[("matmul", [[m, k], [n, k]], ["f32", "bf16"], {}) for n, k in LLAMA_NK for m in LLAMA_M],
+    ("rmsnorm", [[R, H], [H]], ["f32", "f32"], {}),
+    ("rope", [[R, 32, 128], [R], [64]], ["f32", "u32", "f32"], {}),
+    ("silu_mul", [[R, H], [R, H]], ["f32", "f32"], {}),
+    ("softmax", [[R, H]], ["f32"], {}),
+    ("attention", [[1024, 32, 128], [1024, 8, 128], [1024, 8, 128]], ["f32"] * 3, {}),
+    ("attention", [[1, 32, 128], [4096, 8, 128], [4096, 8, 128]], ["f32"] * 3, {}),
+    ("add", [[R, H], [R, H]], ["f32", "f32"], {}),
+    ("mul", [[R, H], [R, H]], ["f32", "f32"], {}),
+    ("scale", [[R, H]], ["f32"], {}),
+    ("argmax", [[128, 128256]], ["f32"], {}),
+    ("cast", [[R, H]], ["f32"], {"to": "bf16"}),
+    ("cast", [[R, H]], ["bf16"], {"to": "f32"}),
+    ("copy_rows", [[R, H]], ["f32"], {"dst": [2 * R, H]}),
+]
+# Targets (issue 3): elementwise/norm >= 80% of copy; GEMV >= 85% of copy; GEMM M=4096 >= 0.7x torch.
+ELEMENTWISE = {"rmsnorm", "rope", "silu_mul", "softmax", "add", "mul", "scale", "cast", "copy_rows", "embedding", "argmax"}
+
+
+def shape_key(shapes):
+    return "x".join("[" + ",".join(map(str, s)) + "]" for s in shapes)
+
+
+def numel(s):
+    n = 1
+    for d in s:
+        n *= d
+    return n
+
+
+def traffic(op, shapes, dtypes, extra):
+    """Bytes and FLOPs as kiln counts them (src/bench_ops/cases.rs `traffic`)."""
+    read = sum(numel(s) * ELEM[d] for s, d in zip(shapes, dtypes))
+    if op == "embedding":
+        (v, h), (n,) = shapes
+        return n * 4 + n * h * ELEM[dtypes[0]] + n * h * 4, 0
+    if op == "matmul":
+        (m, k), (n, _) = shapes
+        return read + m * n * 4, 2 * m * n * k
+    if op == "attention":
+        (q, heads, d), (kv, _, _) = shapes[0], shapes[1]
+        keys = sum(kv - q + i + 1 for i in range(q))
+        return read + numel(shapes[0]) * 4, 4 * heads * d * keys
+    if op == "argmax":
+        return read + shapes[0][0] * 4, 0
+    if op == "cast":
+        return read + numel(shapes[0]) * ELEM[extra["to"]], 0
+    return read + numel(shapes[0]) * 4, 0
+
+
+def bench(torch, fn, reps=10):
+    """Median ms per call (CUDA events); calls batched so one repetition lasts >= ~1 ms."""
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    one = max(time.perf_counter() - t, 1e-6)
+    calls = int(min(max(1e-3 / one, 1), 200))
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(calls):
+            fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / calls)
+    return statistics.median(times)
+
+
+def torch_peer(torch, op, shapes, dtypes, extra):
+    """(callable, label) running torch's version of the op on fresh uniform [-1, 1] inputs."""
+    F = torch.nn.functional
+    dt = {"f32": torch.float32, "bf16": torch.bfloat16}
+
+    def u(shape, d="f32"):
+        return (torch.rand(shape, device="cuda") * 2 - 1).to(dt[d])
+
+    if op in ("add", "mul", "silu_mul"):
+        a, b = u(shapes[0]), u(shapes[1])
+        f = {"add": lambda: a + b, "mul": lambda: a * b, "silu_mul": lambda: F.silu(a) * b}[op]
+        return f, "eager" if op != "silu_mul" else "silu, mul (2 kernels)"
+    if op == "scale":
+        a = u(shapes[0])
+        return (lambda: a * 0.5), "eager"
+    if op == "rmsnorm":
+        x, w = u(shapes[0]), u(shapes[1])
+        return (lambda: F.rms_norm(x, (shapes[1][0],), w, 1e-5)), "F.rms_norm"
+    if op == "softmax":
+        x = u(shapes[0])
+        return (lambda: torch.softmax(x, -1)), "torch.softmax"
+    if op == "rope":
+        x, d = u(shapes[0]), shapes[0][2]
+        pos = torch.arange(shapes[1][0], device="cuda")
+        inv = 500000.0 ** (-torch.arange(0, d, 2, device="cuda", dtype=torch.float32) / d)
+
+        def rope():
+            f = pos[:, None].float() * inv[None, :]
+            emb = torch.cat((f, f), -1)
+            cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]
+            rot = torch.cat((-x[..., d // 2:], x[..., : d // 2]), -1)
+            return x * cos + rot * sin
+
+        return rope, "HF rotate_half (eager)"
+    if op == "argmax":
+        x = u(shapes[0])
+        return (lambda: x.argmax(-1)), "argmax"
+    if op == "cast":
+        x, to = u(shapes[0], dtypes[0]), dt[extra["to"]]
+        return (lambda: x.to(to)), ".to()"
+    if op == "embedding":
+        table = u(shapes[0], "bf16")
+        ids = torch.randint(0, shapes[0][0], (shapes[1][0],), device="cuda")
+        return (lambda: F.embedding(ids, table).float()), "F.embedding + .float()"
+    if op == "copy_rows":
+        src, dst, r0 = u(shapes[0]), u(extra["dst"]), shapes[0][0] // 2
+        return (lambda: dst[r0 : r0 + shapes[0][0]].copy_(src)), "copy_"
+    if op == "attention":
+        (q_len, heads, d), (kv, kvh, _) = shapes[0], shapes[1]
+        q, k, v = u([1, heads, q_len, d]), u([1, kvh, kv, d]), u([1, kvh, kv, d])
+        causal = q_len == kv and q_len > 1  # torch's causal mask is top-left aligned
+        sdpa = F.scaled_dot_product_attention
+        return (lambda: sdpa(q, k, v, is_causal=causal, enable_gqa=True)), "SDPA f32"
+    if op == "matmul":
+        (m, k), (n, _) = shapes
+        x, w = u([m, k], "bf16"), u([n, k], "bf16")
+        return (lambda: torch.matmul(x, w.t())), "torch.matmul bf16 (cuBLAS)"
+    raise ValueError(f"no torch peer for {op}")
+
+
+def load_json(path, default):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except Exception:
+        return default
+
+
+def load_kiln(path):
+    rows = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    r = json.loads(line)
+                    rows[(r.get("op"), r.get("shape", ""))] = r
+    except OSError:
+        pass
+    return rows
+
+
+def fmt(x, d=1):
+    return "n/a" if x is None else f"{x:.{d}f}"
+
+
+def kiln_text(r):
+    """kiln's status in a table cell: n/a (no kernel yet) for unsupported ops."""
+    if r is None:
+        return "n/a (no result)"
+    s = r.get("status", "?")
+    if s.startswith("unsupported"):
+        return "n/a (no kernel yet)"
+    return s if s != "ok" else "ok"
+
+
+def ops(args, torch, rows_out):
+    ceil = load_json(args.ceilings, {})
+    copy = (ceil.get("copy") or {}).get("gb_s")
+    kiln = load_kiln(args.kiln)
+    print(f"copy ceiling: {fmt(copy)} GB/s; kiln rows read: {len(kiln)}")
+    head = f"{'op':<10} {'shape':<34} {'kiln GB/s':>9} {'%copy':>6} {'torch GB/s':>10} {'kiln TF/s':>9} {'torch TF/s':>10} {'kiln/torch':>10}  peer; kiln status"
+    print(head)
+    for op, shapes, dtypes, extra in CASES:
+        key = shape_key(shapes)
+        r = kiln.pop((op, key), None)
+        nbytes, flops = traffic(op, shapes, dtypes, extra)
+        t_gbs = t_tfs = None
+        try:
+            fn, label = torch_peer(torch, op, shapes, dtypes, extra)
+            ms = bench(torch, fn)
+            del fn
+            t_gbs = nbytes / (ms * 1e-3) / 1e9
+            t_tfs = flops / (ms * 1e-3) / 1e12 if flops else None
+        except Exception as e:
+            label = f"torch FAIL: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        torch.cuda.empty_cache()
+        k_gbs = r.get("gb_s") if r else None
+        k_tfs = r.get("tflop_s") if r else None
+        pct = 100 * k_gbs / copy if k_gbs and copy else None
+        if flops and op == "matmul" and shapes[0][0] > 1:
+            ratio = k_tfs / t_tfs if k_tfs and t_tfs else None
+        else:
+            ratio = k_gbs / t_gbs if k_gbs and t_gbs else None
+        print(f"{op:<10} {key:<34} {fmt(k_gbs):>9} {fmt(pct):>6} {fmt(t_gbs):>10} {fmt(k_tfs, 2):>9} {fmt(t_tfs, 2):>10} {fmt(ratio, 2):>10}  {label}; {kiln_text(r)}", flush=True)
+        summary_row(rows_out, op, shapes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs, ratio, copy)
+    for (op, key), r in kiln.items():
+        print(f"{op:<10} {key:<34} {fmt(r.get('gb_s')):>9}  (no torch peer at this shape); {kiln_text(r)}")
+
+
+def summary_row(rows_out, op, shapes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs, ratio, copy):
+    """Summary rows: each elementwise op, and matmul at M=1 (GEMV) and M=4096 (GEMM)."""
+    status = kiln_text(r)
+    if op == "matmul":
+        (m, _), (n, k) = shapes
+        if m not in (1, 4096):
+            return
+        if m == 1:
+            metric, value, ref = f"matmul M=1 N={n} K={k} GB/s", fmt(k_gbs), f"copy {fmt(copy)}; torch {fmt(t_gbs)}"
+            shown = f"{fmt(pct)}% copy"
+            if status == "ok":
+                status = "ok" if pct and pct >= 85 else "below target (85% copy)"
+        else:
+            metric, value, ref = f"matmul M=4096 N={n} K={k} TFLOP/s", fmt(k_tfs), f"torch bf16 {fmt(t_tfs)}"
+            shown = f"{fmt(ratio, 2)}x torch"
+            if status == "ok":
+                status = "ok" if ratio and ratio >= 0.7 else "below target (0.7x torch)"
+    elif op == "attention":
+        metric = f"attention {shape_key(shapes[:1])} TFLOP/s"
+        value, ref, shown = fmt(k_tfs, 2), f"torch SDPA f32 {fmt(t_tfs, 2)}", f"{fmt(ratio, 2)}x torch"
+    else:
+        tag = f" ->{extra['to']}" if op == "cast" else ""
+        metric, value = f"{op}{tag} GB/s", fmt(k_gbs)
+        ref, shown = f"copy {fmt(copy)}; torch {fmt(t_gbs)}", f"{fmt(pct)}% copy"
+        if status == "ok" and op in ELEMENTWISE and op != "argmax":
+            status = "ok" if pct and pct >= 80 else "below target (80% copy)"
+    rows_out.append(("kernels", metric, value, ref, shown, status))
+
+
+def llama_8b_config(transformers):
+    """Llama-3.1-8B's config.json fields, read the way from_pretrained reads them."""
+    return transformers.LlamaConfig.from_dict({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+        "bos_token_id": 128000, "eos_token_id": 128009,
+    })
+
+
+def hf_decode(torch, args):
+    import transformers
+
+    config = llama_8b_config(transformers)
+    print("config rope:", getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None))
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)  # random init straight in bf16 on the GPU
+    with torch.device("cuda"):
+        model = transformers.LlamaForCausalLM(config)
+    torch.set_default_dtype(torch.float32)
+    model.eval()
+    build_s = time.perf_counter() - t0
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    ids = torch.randint(0, config.vocab_size, (1, args.prompt_len), device="cuda")
+
+    def run(gen):
+        with torch.inference_mode():
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            nxt = out.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(gen):
+                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+                nxt = out.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+            return time.perf_counter() - t
+
+    run(8)  # warm-up
+    decode_s = run(args.gen_len)
+    return {
+        "transformers": transformers.__version__, "build_s": build_s, "weight_bytes_per_token": weight_bytes,
+        "decode_s": decode_s, "decode_tokens_per_sec": args.gen_len / decode_s,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def e2e(args, rows_out):
+    ceil = load_json(args.ceilings, {})
+    copy = (ceil.get("copy") or {}).get("gb_s")
+    hf, roof = None, None
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch sees no CUDA device")
+        hf = hf_decode(torch, args)
+        print("HF transformers:", json.dumps(hf))
+        if copy:
+            roof = copy * 1e9 / hf["weight_bytes_per_token"]
+        print(f"roofline: {hf['weight_bytes_per_token'] / 1e9:.2f} GB of bf16 weights per token / {fmt(copy)} GB/s = {fmt(roof)} tokens/s")
+        ratio = hf["decode_tokens_per_sec"] / roof if roof else None
+        rows_out.append(("e2e", "HF transformers decode tok/s", fmt(hf["decode_tokens_per_sec"]),
+                         f"roofline {fmt(roof)}", f"{fmt(ratio and 100 * ratio)}% roof", "ok"))
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]
+        print(f"FAIL HF transformers decode: {reason}")
+        rows_out.append(("e2e", "HF transformers decode tok/s", "n/a", "-", "-", f"FAIL ({reason[:60]})"))
+    kiln = load_json(args.kiln, None)
+    if isinstance(kiln, dict) and "decode_tokens_per_sec" in kiln:
+        k = kiln["decode_tokens_per_sec"]
+        hf_tps = hf["decode_tokens_per_sec"] if hf else None
+        meets = (roof is None or k >= 0.8 * roof) and (hf_tps is None or k > hf_tps)
+        status = "ok" if meets else "below target (80% roof, > HF)"
+        rows_out.append(("e2e", "kiln decode tok/s", fmt(k), f"roofline {fmt(roof)}; HF {fmt(hf_tps)}",
+                         f"{fmt(roof and 100 * k / roof)}% roof", status))
+        print("kiln:", json.dumps(kiln))
+    else:
+        why = args.kiln_error or "no result"
+        rows_out.append(("e2e", "kiln decode tok/s", "n/a", f"roofline {fmt(roof)}", "-", f"n/a ({why[:70]})"))
+        print(f"kiln e2e: n/a ({why})")
+    return 0 if hf else 1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["ops", "e2e"])
+    ap.add_argument("--kiln", default="")
+    ap.add_argument("--kiln-error", default="")
+    ap.add_argument("--ceilings", default="")
+    ap.add_argument("--summary")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--gen-len", type=int, default=256)
+    args = ap.parse_args()
+    rows, rc = [], 1
+    try:
+        if args.what == "e2e":
+            rc = e2e(args, rows)
+        else:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"torch {torch.__version__} sees no CUDA device")
+            ops(args, torch, rows)
+            rc = 0
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:120]
+        print(f"FAIL {args.what}: {reason}")
+        rows.append(("peers" if args.what == "ops" else "e2e", f"{args.what} vs torch", "n/a", "-", "-", f"FAIL ({reason[:60]})"))
+        kiln = load_kiln(args.kiln) if args.what == "ops" else {}
+        for (op, key), r in kiln.items():  # kiln's own figures still make the summary
+            rows.append(("kernels", f"{op} {key} GB/s", fmt(r.get("gb_s")), "-", "-", kiln_text(r)))
+    if args.summary:
+        with open(args.summary, "a") as f:
+            for row in rows:
+                f.write("\t".join(str(c).replace("\t", " ") for c in row) + "\n")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

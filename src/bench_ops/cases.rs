@@ -1,0 +1,283 @@
+//! The cases of `kiln bench-ops`: shapes per op, the bytes and FLOPs each call must move or
+//! compute, and seeded inputs.
+
+use anyhow::Result;
+use clap::ValueEnum;
+use kiln_engine::op::RopeStyle;
+use kiln_engine::{DType, Op, Tensor};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Size {
+    /// Quick shapes (default on cpu).
+    Small,
+    /// >= 64 MB of traffic per elementwise/norm op, Llama-3.1-8B matmul shapes (default on cuda).
+    Large,
+}
+
+/// How an input is filled.
+#[derive(Clone, Copy)]
+pub enum Fill {
+    /// Uniform in [-1, 1], built in f32 and cast to the dtype.
+    Uniform(DType),
+    /// Random u32 token ids below this bound.
+    Ids(u32),
+    /// Positions 0..n as u32.
+    Positions,
+    /// Rotary inverse frequencies (base 500000) for head_dim 2n.
+    InvFreq,
+}
+
+pub struct Input {
+    pub shape: Vec<usize>,
+    pub fill: Fill,
+}
+
+pub struct Spec {
+    pub op: Op,
+    pub inputs: Vec<Input>,
+    /// Destination shape of the in-place op (copy_rows).
+    pub dst: Option<Vec<usize>>,
+}
+
+fn inp(shape: &[usize], fill: Fill) -> Input {
+    Input {
+        shape: shape.to_vec(),
+        fill,
+    }
+}
+
+pub fn f32s(shape: &[usize]) -> Input {
+    inp(shape, Fill::Uniform(DType::F32))
+}
+
+fn pure(op: Op, inputs: Vec<Input>) -> Spec {
+    Spec {
+        op,
+        inputs,
+        dst: None,
+    }
+}
+
+/// (N, K) of the Llama-3.1-8B projections: q/o, fused qkv, fused gate+up, down, lm_head.
+const LLAMA_NK: [(usize, usize); 5] = [
+    (4096, 4096),
+    (6144, 4096),
+    (28672, 4096),
+    (4096, 14336),
+    (128256, 4096),
+];
+const LLAMA_M: [usize; 4] = [1, 16, 128, 4096];
+
+/// The cases of one op of the op set (by its `Op::name`).
+pub fn specs(name: &str, size: Size) -> Vec<Spec> {
+    let large = size == Size::Large;
+    // Elementwise/norm tensors: 8192 x 4096 f32 = 128 MiB each when large.
+    let (r, h) = if large { (8192, 4096) } else { (256, 1024) };
+    let rh = [r, h];
+    match name {
+        "embedding" => {
+            let vocab = if large { 32768 } else { 2048 };
+            vec![pure(
+                Op::Embedding,
+                vec![
+                    inp(&[vocab, h], Fill::Uniform(DType::BF16)),
+                    inp(&[r], Fill::Ids(vocab as u32)),
+                ],
+            )]
+        }
+        "matmul" => {
+            let (ms, nks): (&[usize], &[(usize, usize)]) = if large {
+                (&LLAMA_M, &LLAMA_NK)
+            } else {
+                (&[1, 16], &[(1024, 1024), (2816, 1024)])
+            };
+            let mut v = Vec::new();
+            for &(n, k) in nks {
+                for &m in ms {
+                    let w = inp(&[n, k], Fill::Uniform(DType::BF16));
+                    v.push(pure(Op::Matmul, vec![f32s(&[m, k]), w]));
+                }
+            }
+            v
+        }
+        "rmsnorm" => vec![pure(Op::RmsNorm { eps: 1e-5 }, vec![f32s(&rh), f32s(&[h])])],
+        "rope" => {
+            let d = if large { 128 } else { 64 };
+            vec![pure(
+                Op::Rope {
+                    style: RopeStyle::HalfSplit,
+                    attention_scaling: 1.0,
+                },
+                vec![
+                    f32s(&[r, h / d, d]),
+                    inp(&[r], Fill::Positions),
+                    inp(&[d / 2], Fill::InvFreq),
+                ],
+            )]
+        }
+        "silu_mul" => vec![pure(Op::SiluMul, vec![f32s(&rh), f32s(&rh)])],
+        "add" => vec![pure(Op::Add, vec![f32s(&rh), f32s(&rh)])],
+        "mul" => vec![pure(Op::Mul, vec![f32s(&rh), f32s(&rh)])],
+        "scale" => vec![pure(Op::Scale { factor: 0.5 }, vec![f32s(&rh)])],
+        "softmax" => vec![pure(
+            Op::Softmax {
+                scale: 1.0,
+                causal: false,
+            },
+            vec![f32s(&rh)],
+        )],
+        "attention" => {
+            // Prefill (causal, square) and one decode step over a long cache; GQA 4:1.
+            let (heads, kv_heads, d, len, ctx) = if large {
+                (32, 8, 128, 1024, 4096)
+            } else {
+                (4, 1, 64, 64, 256)
+            };
+            let op = Op::Attention {
+                scale: 1.0 / (d as f32).sqrt(),
+                causal: true,
+            };
+            [(len, len), (1, ctx)]
+                .iter()
+                .map(|&(q, kv)| {
+                    let qkv = vec![
+                        f32s(&[q, heads, d]),
+                        f32s(&[kv, kv_heads, d]),
+                        f32s(&[kv, kv_heads, d]),
+                    ];
+                    pure(op.clone(), qkv)
+                })
+                .collect()
+        }
+        "argmax" => {
+            let rows = if large { 128 } else { 4 };
+            vec![pure(Op::Argmax, vec![f32s(&[rows, 128256])])]
+        }
+        "cast" => vec![
+            pure(Op::Cast { to: DType::BF16 }, vec![f32s(&rh)]),
+            pure(
+                Op::Cast { to: DType::F32 },
+                vec![inp(&rh, Fill::Uniform(DType::BF16))],
+            ),
+        ],
+        "copy_rows" => vec![Spec {
+            op: Op::CopyRows { dst_row: r / 2 },
+            inputs: vec![f32s(&rh)],
+            dst: Some(vec![2 * r, h]),
+        }],
+        _ => Vec::new(),
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> f64 {
+    t.dtype().storage_bytes(t.elem_count()) as f64
+}
+
+/// Fewest bytes moved and floating-point operations of one call. Exhaustive on purpose: a
+/// new op does not compile until its traffic is defined here (and its cases in `specs`).
+pub fn traffic(op: &Op, inputs: &[Tensor], dst: Option<&Tensor>) -> Result<(f64, f64)> {
+    let read: f64 = inputs.iter().map(tensor_bytes).sum();
+    let out = match dst {
+        Some(_) => tensor_bytes(&inputs[0]),
+        None => {
+            let refs: Vec<&Tensor> = inputs.iter().collect();
+            let (shape, dtype) = op.check(&refs)?;
+            dtype.storage_bytes(shape.iter().product()) as f64
+        }
+    };
+    Ok(match op {
+        Op::Embedding => {
+            let (table, ids) = (&inputs[0], &inputs[1]);
+            let row = tensor_bytes(table) / table.shape()[0] as f64;
+            (tensor_bytes(ids) + row * ids.elem_count() as f64 + out, 0.0)
+        }
+        Op::Matmul => {
+            let (x, w) = (&inputs[0], &inputs[1]);
+            let m = x.elem_count() / x.shape()[x.rank() - 1];
+            let (n, k) = (w.shape()[0], w.shape()[1]);
+            (read + out, 2.0 * (m * n * k) as f64)
+        }
+        Op::Attention { causal, .. } => {
+            let (q, k) = (inputs[0].shape(), inputs[1].shape());
+            let (q_len, heads, d, kv_len) = (q[0], q[1], q[2], k[0]);
+            // Keys each query sees; queries sit at the end of the cache.
+            let keys: usize = if *causal {
+                (0..q_len).map(|i| kv_len - q_len + i + 1).sum()
+            } else {
+                q_len * kv_len
+            };
+            (read + out, 4.0 * (heads * d * keys) as f64)
+        }
+        Op::CopyRows { .. } => (read + out, 0.0),
+        Op::RmsNorm { .. }
+        | Op::Rope { .. }
+        | Op::SiluMul
+        | Op::Softmax { .. }
+        | Op::Add
+        | Op::Mul
+        | Op::Scale { .. }
+        | Op::Argmax
+        | Op::Cast { .. } => (read + out, 0.0),
+    })
+}
+
+/// Uniform [-1, 1) from splitmix64, in fixed 1 Mi-element chunks seeded by position, filled
+/// in parallel: the same values for a seed on any machine and thread count.
+fn uniform(n: usize, seed: u64) -> Vec<f32> {
+    const CHUNK: usize = 1 << 20;
+    let mut out = vec![0f32; n];
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = (n.div_ceil(CHUNK).div_ceil(threads)).max(1) * CHUNK;
+    std::thread::scope(|s| {
+        for (ti, part) in out.chunks_mut(per).enumerate() {
+            s.spawn(move || {
+                for (ci, chunk) in part.chunks_mut(CHUNK).enumerate() {
+                    let index = (ti * per / CHUNK + ci) as u64;
+                    let mut state = seed ^ index.wrapping_mul(0xD134_2543_DE82_EF95);
+                    for v in chunk {
+                        *v = (splitmix(&mut state) >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                    }
+                }
+            });
+        }
+    });
+    out
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub fn build(input: &Input, seed: u64) -> Result<Tensor> {
+    let n: usize = input.shape.iter().product();
+    let shape = &input.shape;
+    Ok(match input.fill {
+        Fill::Uniform(dtype) => Tensor::from_vec(uniform(n, seed), shape)?.to_dtype(dtype)?,
+        Fill::Ids(bound) => {
+            let mut state = seed;
+            let ids = (0..n)
+                .map(|_| (splitmix(&mut state) % bound as u64) as u32)
+                .collect();
+            Tensor::from_vec::<u32>(ids, shape)?
+        }
+        Fill::Positions => Tensor::from_vec::<u32>((0..n as u32).collect(), shape)?,
+        Fill::InvFreq => {
+            let f = (0..n)
+                .map(|i| 500_000f32.powf(-((2 * i) as f32) / (2 * n) as f32))
+                .collect();
+            Tensor::from_vec::<f32>(f, shape)?
+        }
+    })
+}
+
+pub fn input_dtype(fill: Fill) -> DType {
+    match fill {
+        Fill::Uniform(d) => d,
+        Fill::Ids(_) | Fill::Positions => DType::U32,
+        Fill::InvFreq => DType::F32,
+    }
+}

@@ -1,0 +1,586 @@
+//! CPU vs CUDA equivalence of every op (modelled on llama.cpp's test-backend-ops).
+//!
+//! Every `Op` variant has cases (`cases_for` matches exhaustively, so a new op without cases
+//! does not compile); inputs are uniform in [-1, 1] from a fixed, printed seed; shapes include
+//! 1, 31, 32, 33 and a large one; non-contiguous views where the op takes them; f32, and bf16
+//! where a kernel exists. The CPU computes the reference in f32 from the same (rounded)
+//! inputs. Each CUDA output is allocated between guard regions that must stay untouched.
+//!
+//! `KILN_OPS=add,rope` runs only those ops. Without a GPU the test fails, unless
+//! `KILN_ALLOW_NO_GPU=1`, when it prints SKIP for every case and passes.
+#![cfg(feature = "cuda")]
+
+use half::{bf16, f16};
+use kiln_engine::backend::{backend_for, cuda};
+use kiln_engine::op::{Op, RopeStyle, ALL_OPS};
+use kiln_engine::{DType, Device, Tensor};
+
+const SEED: u64 = 0x6b69_6c6e_2026;
+const CUDA: Device = Device::Cuda(0);
+
+/// splitmix64: small, fixed, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn below(&mut self, n: usize) -> u32 {
+        (self.next() % n as u64) as u32
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum View {
+    Dense,
+    /// Built as the transposed shape, then transposed back (a strided view).
+    Transpose(usize, usize),
+    /// Narrowed out of a dim 5 larger, starting at 3.
+    Narrow(usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fill {
+    Uniform,
+    Ids(usize),
+    Positions,
+    InvFreq,
+}
+
+#[derive(Clone, Debug)]
+struct Input {
+    shape: Vec<usize>,
+    dtype: DType,
+    fill: Fill,
+    view: View,
+}
+
+fn inp(shape: &[usize], dtype: DType) -> Input {
+    Input {
+        shape: shape.to_vec(),
+        dtype,
+        fill: Fill::Uniform,
+        view: View::Dense,
+    }
+}
+
+impl Input {
+    fn view(mut self, v: View) -> Input {
+        self.view = v;
+        self
+    }
+    fn fill(mut self, f: Fill) -> Input {
+        self.fill = f;
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Check {
+    Nmse(f64),
+    Exact,
+}
+
+struct Case {
+    op: Op,
+    inputs: Vec<Input>,
+    check: Check,
+}
+
+fn case(op: Op, inputs: Vec<Input>, check: Check) -> Case {
+    Case { op, inputs, check }
+}
+
+const F32: DType = DType::F32;
+const BF16: DType = DType::BF16;
+const F16: DType = DType::F16;
+
+fn elementwise_tol(d: DType) -> Check {
+    Check::Nmse(if d == F32 { 1e-7 } else { 1e-4 })
+}
+
+fn reduction_tol(d: DType) -> Check {
+    Check::Nmse(if d == F32 { 1e-5 } else { 1e-4 })
+}
+
+/// One value of every variant: the match in `cases_for` is over these.
+fn representatives() -> Vec<Op> {
+    vec![
+        Op::Embedding,
+        Op::Matmul,
+        Op::RmsNorm { eps: 1e-5 },
+        Op::Rope {
+            style: RopeStyle::HalfSplit,
+            attention_scaling: 1.0,
+        },
+        Op::SiluMul,
+        Op::Softmax {
+            scale: 1.0,
+            causal: false,
+        },
+        Op::Attention {
+            scale: 0.125,
+            causal: true,
+        },
+        Op::Add,
+        Op::Mul,
+        Op::Scale { factor: 0.37 },
+        Op::Argmax,
+        Op::Cast { to: BF16 },
+        Op::CopyRows { dst_row: 0 },
+    ]
+}
+
+fn cases_for(op: &Op) -> Vec<Case> {
+    let mut v = Vec::new();
+    match op {
+        Op::Add | Op::Mul | Op::SiluMul | Op::Scale { .. } => {
+            let binary = !matches!(op, Op::Scale { .. });
+            for d in [F32, BF16] {
+                let shapes: &[&[usize]] = &[&[1], &[31], &[32], &[33], &[7, 33], &[4096, 4096]];
+                let mut specs: Vec<Input> = shapes.iter().map(|s| inp(s, d)).collect();
+                specs.push(inp(&[33, 31], d).view(View::Transpose(0, 1)));
+                specs.push(inp(&[32, 31], d).view(View::Narrow(1)));
+                for x in specs {
+                    let inputs = if binary { vec![x.clone(), x] } else { vec![x] };
+                    v.push(case(op.clone(), inputs, elementwise_tol(d)));
+                }
+            }
+        }
+        Op::RmsNorm { .. } => {
+            for d in [F32, BF16] {
+                for s in [[1, 32], [31, 33], [32, 4096], [33, 31], [4096, 4096]] {
+                    v.push(case(
+                        op.clone(),
+                        vec![inp(&s, d), inp(&s[1..], d)],
+                        reduction_tol(d),
+                    ));
+                }
+                let x = inp(&[7, 32], d).view(View::Narrow(1));
+                v.push(case(op.clone(), vec![x, inp(&[32], d)], reduction_tol(d)));
+            }
+        }
+        Op::Rope { .. } => {
+            for d in [F32, BF16] {
+                for style in [RopeStyle::HalfSplit, RopeStyle::Interleaved] {
+                    let shapes = [
+                        [1, 1, 32],
+                        [31, 8, 64],
+                        [32, 4, 128],
+                        [33, 3, 66],
+                        [512, 32, 128],
+                    ];
+                    for (i, s) in shapes.iter().enumerate() {
+                        let rope = Op::Rope {
+                            style,
+                            attention_scaling: if i % 2 == 0 { 1.0 } else { 1.1 },
+                        };
+                        let x = inp(s, d);
+                        let x = if i == 1 { x.view(View::Narrow(1)) } else { x };
+                        let pos = inp(&[s[0]], DType::U32).fill(Fill::Positions);
+                        let freq = inp(&[s[2] / 2], F32).fill(Fill::InvFreq);
+                        v.push(case(rope, vec![x, pos, freq], reduction_tol(d)));
+                    }
+                }
+            }
+        }
+        Op::Softmax { .. } => {
+            for (s, causal, scale) in [
+                ([1, 1], false, 1.0),
+                ([31, 33], false, 0.125),
+                ([32, 32], true, 1.0),
+                ([33, 31], true, 0.5),
+                ([64, 32000], false, 1.0),
+            ] {
+                let sm = Op::Softmax { scale, causal };
+                v.push(case(sm, vec![inp(&s, F32)], reduction_tol(F32)));
+            }
+            let x = inp(&[33, 32], F32).view(View::Transpose(0, 1));
+            v.push(case(op.clone(), vec![x], reduction_tol(F32)));
+        }
+        Op::Argmax => {
+            for s in [[1, 1], [31, 33], [32, 32], [33, 4096], [8, 128256]] {
+                v.push(case(op.clone(), vec![inp(&s, F32)], Check::Exact));
+            }
+            let x = inp(&[33, 32], F32).view(View::Transpose(0, 1));
+            v.push(case(op.clone(), vec![x], Check::Exact));
+        }
+        Op::Embedding => {
+            for table in [F32, BF16, F16] {
+                for ids in [DType::U32, DType::I32] {
+                    for (vocab, hidden, n) in [(33, 31, 1), (32, 32, 31), (31, 64, 33)] {
+                        let t = inp(&[vocab, hidden], table);
+                        let i = inp(&[n], ids).fill(Fill::Ids(vocab));
+                        v.push(case(op.clone(), vec![t, i], Check::Exact));
+                    }
+                }
+                let t = inp(&[16384, 4096], table);
+                let i = inp(&[512], DType::U32).fill(Fill::Ids(16384));
+                v.push(case(op.clone(), vec![t, i], Check::Exact));
+            }
+            let t = inp(&[33, 32], F32).view(View::Narrow(1));
+            let i = inp(&[31], DType::U32).fill(Fill::Ids(33));
+            v.push(case(op.clone(), vec![t, i], Check::Exact));
+        }
+        Op::Cast { .. } => {
+            for (from, to) in [
+                (F32, BF16),
+                (F32, F16),
+                (BF16, F32),
+                (F16, F32),
+                (BF16, F16),
+                (F16, BF16),
+            ] {
+                for s in [&[1usize][..], &[31], &[33], &[32, 33], &[4096, 4096]] {
+                    v.push(case(Op::Cast { to }, vec![inp(s, from)], Check::Exact));
+                }
+                let x = inp(&[33, 31], from).view(View::Transpose(0, 1));
+                v.push(case(Op::Cast { to }, vec![x], Check::Exact));
+            }
+            // Dequantizing casts have no CUDA kernel yet: a SKIP, not a silent pass.
+            v.push(case(
+                Op::Cast { to: F32 },
+                vec![inp(&[4, 64], DType::Q8_0)],
+                Check::Exact,
+            ));
+        }
+        Op::CopyRows { .. } => {
+            for d in [F32, BF16] {
+                for (rows, cols, at, n) in [(33, 31, 7, 5), (32, 64, 31, 1), (1, 32, 0, 1)] {
+                    let c = Op::CopyRows { dst_row: at };
+                    v.push(case(
+                        c,
+                        vec![inp(&[rows, cols], d), inp(&[n, cols], d)],
+                        Check::Exact,
+                    ));
+                }
+                let src = inp(&[5, 31], d).view(View::Transpose(0, 1));
+                let c = Op::CopyRows { dst_row: 2 };
+                v.push(case(c, vec![inp(&[33, 31], d), src], Check::Exact));
+            }
+        }
+        Op::Matmul => {
+            for w in [F32, BF16] {
+                let x = inp(&[31, 64], F32);
+                v.push(case(
+                    op.clone(),
+                    vec![x, inp(&[33, 64], w)],
+                    Check::Nmse(5e-4),
+                ));
+            }
+        }
+        Op::Attention { .. } => {
+            let q = inp(&[31, 8, 64], F32);
+            let kv = inp(&[33, 2, 64], F32);
+            v.push(case(op.clone(), vec![q, kv.clone(), kv], Check::Nmse(5e-4)));
+        }
+    }
+    v
+}
+
+/// The host data of one input: the tensor in its own dtype and the f32 twin (same values).
+fn host_input(spec: &Input, rng: &mut Rng) -> Result<(Tensor, Tensor), String> {
+    let mut base = spec.shape.clone();
+    match spec.view {
+        View::Dense => {}
+        View::Transpose(a, b) => base.swap(a, b),
+        View::Narrow(d) => base[d] += 5,
+    }
+    let n: usize = base.iter().product();
+    let e = |e: kiln_engine::EngineError| e.to_string();
+    let (actual, f32s) = match (spec.fill, spec.dtype) {
+        (Fill::Ids(vocab), DType::I32) => {
+            let ids: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
+            let t = Tensor::from_vec(ids, &base).map_err(e)?;
+            (t.clone(), t)
+        }
+        (Fill::Ids(vocab), _) => {
+            let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab)).collect();
+            let t = Tensor::from_vec(ids, &base).map_err(e)?;
+            (t.clone(), t)
+        }
+        (Fill::Positions, _) => {
+            let pos: Vec<u32> = (0..n).map(|_| rng.below(8192)).collect();
+            let t = Tensor::from_vec(pos, &base).map_err(e)?;
+            (t.clone(), t)
+        }
+        (Fill::InvFreq, _) => {
+            let f: Vec<f32> = (0..n)
+                .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / (2 * n) as f32))
+                .collect();
+            let t = Tensor::from_vec(f, &base).map_err(e)?;
+            (t.clone(), t)
+        }
+        (Fill::Uniform, DType::Q8_0) => {
+            let mut bytes = Vec::with_capacity(n / 32 * 34);
+            for _ in 0..n / 32 {
+                bytes.extend_from_slice(&f16::from_f32(0.01).to_le_bytes());
+                bytes.extend((0..32).map(|_| rng.below(256) as u8));
+            }
+            let t = Tensor::from_quant_bytes(bytes, DType::Q8_0, &base).map_err(e)?;
+            (t.clone(), t)
+        }
+        (Fill::Uniform, d) => {
+            let raw: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+            let (t, rounded) = match d {
+                DType::BF16 => {
+                    let h: Vec<bf16> = raw.iter().map(|&x| bf16::from_f32(x)).collect();
+                    let r = h.iter().map(|x| x.to_f32()).collect();
+                    (Tensor::from_vec(h, &base).map_err(e)?, r)
+                }
+                DType::F16 => {
+                    let h: Vec<f16> = raw.iter().map(|&x| f16::from_f32(x)).collect();
+                    let r = h.iter().map(|x| x.to_f32()).collect();
+                    (Tensor::from_vec(h, &base).map_err(e)?, r)
+                }
+                _ => (Tensor::from_vec(raw.clone(), &base).map_err(e)?, raw),
+            };
+            (t, Tensor::from_vec(rounded, &base).map_err(e)?)
+        }
+    };
+    Ok((actual, f32s))
+}
+
+fn apply_view(t: &Tensor, v: View) -> Result<Tensor, String> {
+    let r = match v {
+        View::Dense => Ok(t.clone()),
+        View::Transpose(a, b) => t.transpose(a, b),
+        View::Narrow(d) => t.narrow(d, 3, t.shape()[d] - 5),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// Output values as f64 (floats) or as exact u32s.
+enum Values {
+    Float(Vec<f64>),
+    Index(Vec<u32>),
+}
+
+fn values(t: &Tensor) -> Result<Values, String> {
+    let e = |e: kiln_engine::EngineError| e.to_string();
+    let host = t.to_device(Device::Cpu).map_err(e)?;
+    if host.dtype() == DType::U32 {
+        return Ok(Values::Index(host.to_vec::<u32>().map_err(e)?));
+    }
+    let f = host.to_dtype(F32).map_err(e)?.to_vec::<f32>().map_err(e)?;
+    Ok(Values::Float(f.into_iter().map(f64::from).collect()))
+}
+
+enum Outcome {
+    Pass(String),
+    Fail(String),
+    Skip(String),
+}
+
+fn compare(check: Check, reference: &Values, got: &Values) -> Outcome {
+    match (reference, got) {
+        (Values::Index(r), Values::Index(g)) => {
+            let bad = r.iter().zip(g).filter(|(a, b)| a != b).count();
+            if r.len() != g.len() || bad > 0 {
+                Outcome::Fail(format!("{bad} of {} indices differ", r.len()))
+            } else {
+                Outcome::Pass("exact".into())
+            }
+        }
+        (Values::Float(r), Values::Float(g)) => {
+            if r.len() != g.len() {
+                return Outcome::Fail(format!("{} values, expected {}", g.len(), r.len()));
+            }
+            if let Some(i) = g.iter().position(|x| x.is_nan()) {
+                return Outcome::Fail(format!("NaN at {i}"));
+            }
+            if let Some(i) = r.iter().position(|x| x.is_nan()) {
+                return Outcome::Fail(format!("NaN in the CPU reference at {i}"));
+            }
+            let err: f64 = r.iter().zip(g).map(|(a, b)| (a - b) * (a - b)).sum();
+            let norm: f64 = r.iter().map(|a| a * a).sum();
+            let nmse = if norm > 0.0 { err / norm } else { err };
+            match check {
+                Check::Exact if err == 0.0 => Outcome::Pass("exact".into()),
+                Check::Exact => {
+                    let bad = r.iter().zip(g).filter(|(a, b)| a != b).count();
+                    Outcome::Fail(format!(
+                        "{bad} of {} values differ (nmse {nmse:.2e})",
+                        r.len()
+                    ))
+                }
+                Check::Nmse(t) if nmse <= t => Outcome::Pass(format!("nmse {nmse:.2e} <= {t:.0e}")),
+                Check::Nmse(t) => Outcome::Fail(format!("nmse {nmse:.2e} > {t:.0e}")),
+            }
+        }
+        _ => Outcome::Fail("output kinds differ (index vs float)".into()),
+    }
+}
+
+fn run_case(c: &Case, rng: &mut Rng) -> Result<Outcome, String> {
+    let e = |e: kiln_engine::EngineError| e.to_string();
+    let dtypes: Vec<DType> = c.inputs.iter().map(|i| i.dtype).collect();
+    if !backend_for(CUDA).supports(&c.op, &dtypes) {
+        return Ok(Outcome::Skip(format!(
+            "no CUDA kernel for {} {dtypes:?}",
+            c.op.name()
+        )));
+    }
+    let cpu = backend_for(Device::Cpu);
+    let use_actual = cpu.supports(&c.op, &dtypes);
+    let (mut refs, mut devs) = (Vec::new(), Vec::new());
+    for spec in &c.inputs {
+        let (actual, f32s) = host_input(spec, rng)?;
+        let host = if use_actual { &actual } else { &f32s };
+        refs.push(apply_view(host, spec.view)?);
+        devs.push(apply_view(&actual.to_device(CUDA).map_err(e)?, spec.view)?);
+    }
+    let (reference, out) = if let Op::CopyRows { dst_row } = c.op {
+        let (mut rdst, mut ddst) = (refs[0].clone(), devs[0].clone());
+        drop(refs.remove(0));
+        drop(devs.remove(0));
+        rdst.copy_rows_from(dst_row, &refs[0]).map_err(e)?;
+        ddst.copy_rows_from(dst_row, &devs[0]).map_err(e)?;
+        (rdst, ddst)
+    } else {
+        let r: Vec<&Tensor> = refs.iter().collect();
+        let d: Vec<&Tensor> = devs.iter().collect();
+        (
+            cpu.execute(&c.op, &r).map_err(e)?,
+            backend_for(CUDA).execute(&c.op, &d).map_err(e)?,
+        )
+    };
+    if out.device() != CUDA {
+        return Ok(Outcome::Fail(format!("output is on {}", out.device())));
+    }
+    CUDA.synchronize().map_err(e)?;
+    if let Err(g) = cuda::check_guards(&out) {
+        return Ok(Outcome::Fail(g.to_string()));
+    }
+    Ok(compare(c.check, &values(&reference)?, &values(&out)?))
+}
+
+fn describe(c: &Case) -> String {
+    let ins: Vec<String> = c
+        .inputs
+        .iter()
+        .map(|i| {
+            let view = match i.view {
+                View::Dense => String::new(),
+                View::Transpose(a, b) => format!(" T{a}{b}"),
+                View::Narrow(d) => format!(" narrow{d}"),
+            };
+            format!("{}{:?}{view}", i.dtype, i.shape)
+        })
+        .collect();
+    let params = match &c.op {
+        Op::Rope {
+            style,
+            attention_scaling,
+        } => format!(" {style:?} s={attention_scaling}"),
+        Op::Softmax { scale, causal } => format!(" scale={scale} causal={causal}"),
+        Op::Cast { to } => format!(" ->{to}"),
+        Op::CopyRows { dst_row } => format!(" at={dst_row}"),
+        _ => String::new(),
+    };
+    format!("{}{params}", ins.join(", "))
+}
+
+#[test]
+fn cuda_matches_cpu() {
+    let reps = representatives();
+    let names: Vec<&str> = reps.iter().map(|o| o.name()).collect();
+    for n in ALL_OPS {
+        assert!(
+            names.contains(n),
+            "op {n} has no representative in the equivalence suite"
+        );
+    }
+    let filter: Option<Vec<String>> = std::env::var("KILN_OPS")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    if let Some(f) = &filter {
+        for name in f {
+            assert!(
+                names.contains(&name.as_str()),
+                "KILN_OPS: unknown op {name:?}; ops: {names:?}"
+            );
+        }
+    }
+    let selected: Vec<&Op> = reps
+        .iter()
+        .filter(|o| {
+            filter
+                .as_ref()
+                .is_none_or(|f| f.iter().any(|n| n == o.name()))
+        })
+        .collect();
+
+    let gpu = match cuda::device_count() {
+        Ok(0) => Err("no CUDA device: the driver reports 0 devices".to_string()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let allow_no_gpu = std::env::var("KILN_ALLOW_NO_GPU").is_ok_and(|v| v == "1");
+    if let Err(why) = &gpu {
+        assert!(
+            allow_no_gpu,
+            "ops_equivalence needs a CUDA GPU: {why}\n(set KILN_ALLOW_NO_GPU=1 to report SKIP instead)"
+        );
+    } else {
+        let name = cuda::device_name(0).unwrap_or_else(|e| e.to_string());
+        println!("device: cuda:0 {name}");
+        cuda::set_guard_bytes(4096);
+        cuda::set_sync_launches(true);
+    }
+    println!("seed: {SEED:#x} (case k uses seed + k)");
+    println!(
+        "{:<10} {:>4}  {:<6} {:<60} detail",
+        "op", "case", "result", "inputs"
+    );
+    let (mut pass, mut fail, mut skip) = (0, 0, 0);
+    let mut k = 0u64;
+    for op in selected {
+        for c in cases_for(op) {
+            let outcome = match &gpu {
+                Err(why) => Outcome::Skip(format!("no GPU: {why}")),
+                Ok(()) => {
+                    let mut rng = Rng(SEED + k);
+                    run_case(&c, &mut rng).unwrap_or_else(Outcome::Fail)
+                }
+            };
+            let (tag, detail) = match outcome {
+                Outcome::Pass(d) => {
+                    pass += 1;
+                    ("PASS", d)
+                }
+                Outcome::Fail(d) => {
+                    fail += 1;
+                    ("FAIL", d)
+                }
+                Outcome::Skip(d) => {
+                    skip += 1;
+                    ("SKIP", d)
+                }
+            };
+            println!(
+                "{:<10} {k:>4}  {tag:<6} {:<60} {detail}",
+                c.op.name(),
+                describe(&c)
+            );
+            k += 1;
+        }
+    }
+    println!("ops_equivalence: {pass} passed, {fail} failed, {skip} skipped");
+    assert!(k > 0, "no cases selected");
+    assert_eq!(
+        fail, 0,
+        "{fail} equivalence case(s) failed (see the table above)"
+    );
+    if gpu.is_ok() {
+        assert!(pass > 0, "a GPU is present but no case ran");
+    }
+}
