@@ -41,6 +41,7 @@ trap 'rm -rf "$work"' EXIT
 rows="$work/summary.tsv"
 : >"$rows"
 failed=0
+kiln_device_err="" # set when kiln could not use the GPU at all (bench-ops): e2e is skipped
 
 row() { # stage metric value reference ratio status
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" >>"$rows"
@@ -142,14 +143,17 @@ for t in ops_equivalence:90:320 kiln_kernels-lib:30:300 kiln_engine-lib:30:280; 
     rc=$?
     cat "$work/eq.out" >>"$OUT/equivalence.log"
     summary="$(grep -E '^ops_equivalence: [0-9]+ passed' "$work/eq.out" | tail -n 1 | sed 's/^ops_equivalence: //')"
-    [[ -z "$summary" ]] && summary="$(grep -E '^test result:' "$work/eq.out" | tail -n 1 | sed 's/^test result: //; s/; finished in.*//')"
+    [[ -z "$summary" ]] && summary="$(grep -E '^test result:' "$work/eq.out" | tail -n 1 \
+        | sed -E 's/^test result: [A-Za-z]+\. ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1 passed, \2 failed, \3 ignored/')"
     grep -E '\bFAIL\b' "$work/eq.out" | head -n 20
     echo "${summary:-no result line}"
     if ((rc == 0)); then
         row equivalence "$name" "${summary:-ok}" - - ok
     else
         why="$(reason "$rc" "$lim")"
-        first_fail="$(grep -E '\bFAIL\b|panicked' "$work/eq.out" | head -n 1 | oneline)"
+        first_fail="$(grep -E '^\S+ +[0-9]+ +FAIL\b' "$work/eq.out" | head -n 1 | oneline)"
+        [[ -z "$first_fail" ]] && first_fail="$(awk '/panicked at/ { getline msg; print $0 " " msg; exit }' "$work/eq.out" \
+            | sed -E "s/^thread '([^']*)'.*panicked at [^ ]*/\1:/" | oneline)"
         echo "FAIL $name: $why ${first_fail}"
         row equivalence "$name" "${summary:-n/a}" - - "FAIL ($why${first_fail:+; $first_fail})"
     fi
@@ -163,6 +167,9 @@ if [[ -x "$B/kiln" ]]; then
     run_for "$lim" "$B/kiln" bench-ops --device cuda --json --budget-ms 200 \
         >"$OUT/bench-ops.jsonl" 2>"$OUT/bench-ops.log"
     rc=$?
+    if ((rc != 0)) && [[ ! -s "$OUT/bench-ops.jsonl" ]]; then
+        kiln_device_err="$(reason "$rc" "$lim" "$OUT/bench-ops.log")"
+    fi
     n_ok=$(grep -c '"status":"ok"' "$OUT/bench-ops.jsonl")
     n_uns=$(grep -c '"status":"unsupported' "$OUT/bench-ops.jsonl")
     n_err=$(grep -c '"status":"error' "$OUT/bench-ops.jsonl")
@@ -205,7 +212,10 @@ kiln_cmd=("$B/kiln" bench "$MODEL" --random-weights --device cuda --dtype bf16
     echo "\$ ${kiln_cmd[*]}"
 } >"$OUT/e2e.log"
 kiln_err=""
-if [[ -x "$B/kiln" ]]; then
+if [[ -n "$kiln_device_err" ]]; then
+    kiln_err="not run: kiln bench-ops could not use the GPU: $kiln_device_err"
+    echo "kiln e2e: $kiln_err" | tee -a "$OUT/e2e.log"
+elif [[ -x "$B/kiln" ]]; then
     run_for "$lim" "${kiln_cmd[@]}" >"$work/kiln-e2e.json" 2>"$work/kiln-e2e.err"
     rc=$?
     cat "$work/kiln-e2e.json" "$work/kiln-e2e.err" >>"$OUT/e2e.log"

@@ -91,8 +91,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         println!("model           {}", args.model.model);
         println!("threads         {}", rayon_threads());
-        println!("prefill         {prefill_tps:.1} tokens/s ({} tokens)", args.prompt_len);
-        println!("decode          {decode_tps:.1} tokens/s ({} tokens)", args.gen_len);
+        println!(
+            "prefill         {prefill_tps:.1} tokens/s ({} tokens)",
+            args.prompt_len
+        );
+        println!(
+            "decode          {decode_tps:.1} tokens/s ({} tokens)",
+            args.gen_len
+        );
         println!("weights         {weights_mb:.1} MB");
         match rss_mb {
             Some(mb) => println!("peak RSS        {mb:.1} MB"),

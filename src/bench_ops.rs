@@ -42,6 +42,9 @@ pub struct BenchOpsArgs {
     /// One JSON object per case, one per line, instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// List the cases (op, shapes, dtypes) without building or running them.
+    #[arg(long)]
+    pub list: bool,
 }
 
 fn to_device(t: Tensor, device: Device) -> Result<Tensor> {
@@ -120,6 +123,10 @@ fn bench_case(
     });
     if let Op::Cast { to } = &spec.op {
         row["dtype"] = format!("{}->{to}", dtypes[0]).into();
+    }
+    if args.list {
+        row["status"] = "listed".into();
+        return row;
     }
     let backend = backend_for(device);
     if !backend.supports(&spec.op, &dtypes) {
@@ -223,9 +230,11 @@ pub fn bench_ops(args: BenchOpsArgs) -> Result<()> {
             ALL_OPS.join(", ")
         );
     }
-    // Fail once, with the engine's own words, when the device cannot be used at all.
-    to_device(Tensor::from_vec(vec![0f32; 4], &[4])?, device)?;
-    sync(device)?;
+    if !args.list {
+        // Fail once, with the engine's own words, when the device cannot be used at all.
+        to_device(Tensor::from_vec(vec![0f32; 4], &[4])?, device)?;
+        sync(device)?;
+    }
     let mut out = std::io::stdout().lock();
     if !args.json {
         let head = ("op", "shape", "dtype", "median_us", "GB/s", "TFLOP/s");

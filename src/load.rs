@@ -64,7 +64,7 @@ pub fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
 /// Load progress on stderr, about every tenth of the layers.
 fn report_progress(done: usize, total: usize) {
     let step = (total / 10).max(1);
-    if done % step == 0 || done == total {
+    if done.is_multiple_of(step) || done == total {
         eprintln!("kiln: loaded {done}/{total} layers");
     }
 }
@@ -80,9 +80,9 @@ pub fn load_text_model(args: &ModelArgs) -> Result<TextModel> {
                 args.model
             )
         })?;
-        let config = entry.llama_config().with_context(|| {
-            format!("{} is not a Llama-family text model", entry.name)
-        })?;
+        let config = entry
+            .llama_config()
+            .with_context(|| format!("{} is not a Llama-family text model", entry.name))?;
         eprintln!(
             "kiln: building {} with random weights (seed {}, {} layers)",
             entry.name, args.weights_seed, config.num_hidden_layers

@@ -46,20 +46,31 @@ fn tiny() -> String {
 
 #[test]
 fn unknown_model_names_the_model() {
-    expect_error(&["run", "@cf/meta/llama-9-400b", "--prompt", "hi"], &["@cf/meta/llama-9-400b"]);
+    expect_error(
+        &["run", "@cf/meta/llama-9-400b", "--prompt", "hi"],
+        &["@cf/meta/llama-9-400b"],
+    );
 }
 
 #[test]
 fn missing_weights_say_what_is_missing_and_how_to_install() {
     expect_error(
-        &["run", "@hf/huggingfacetb/smollm2-135m-instruct", "--prompt", "hi"],
+        &[
+            "run",
+            "@hf/huggingfacetb/smollm2-135m-instruct",
+            "--prompt",
+            "hi",
+        ],
         &["fetch-models.sh"],
     );
 }
 
 #[test]
 fn missing_file_is_named() {
-    expect_error(&["run", "/nonexistent/model.gguf", "--prompt", "hi"], &["/nonexistent/model.gguf"]);
+    expect_error(
+        &["run", "/nonexistent/model.gguf", "--prompt", "hi"],
+        &["/nonexistent/model.gguf"],
+    );
 }
 
 #[test]
@@ -77,7 +88,11 @@ fn truncated_safetensors_is_reported() {
 fn corrupt_safetensors_header_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("llama/tiny-llama3"), dir.path());
-    std::fs::write(dir.path().join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage",
+    )
+    .unwrap();
     let path = dir.path().display().to_string();
     expect_error(&["run", &path, "--prompt", "hi"], &["model.safetensors"]);
 }
@@ -87,7 +102,10 @@ fn corrupt_and_truncated_gguf_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.gguf");
     std::fs::write(&bad, b"NOTAGGUF-at-all").unwrap();
-    expect_error(&["run", bad.to_str().unwrap(), "--prompt", "hi"], &["bad.gguf"]);
+    expect_error(
+        &["run", bad.to_str().unwrap(), "--prompt", "hi"],
+        &["bad.gguf"],
+    );
     // A real header cut short.
     let cut = dir.path().join("cut.gguf");
     let mut bytes = b"GGUF".to_vec();
@@ -95,7 +113,10 @@ fn corrupt_and_truncated_gguf_are_reported() {
     bytes.extend_from_slice(&10u64.to_le_bytes());
     bytes.extend_from_slice(&u64::MAX.to_le_bytes());
     std::fs::write(&cut, bytes).unwrap();
-    expect_error(&["run", cut.to_str().unwrap(), "--prompt", "hi"], &["cut.gguf"]);
+    expect_error(
+        &["run", cut.to_str().unwrap(), "--prompt", "hi"],
+        &["cut.gguf"],
+    );
 }
 
 #[test]
@@ -112,17 +133,29 @@ fn unsupported_architecture_is_named() {
 #[test]
 fn prompt_longer_than_context_window() {
     let long = "word ".repeat(2000);
-    expect_error(&["run", &tiny(), "--raw", "--prompt", &long], &["context window"]);
+    expect_error(
+        &["run", &tiny(), "--raw", "--prompt", &long],
+        &["context window"],
+    );
 }
 
 #[test]
 fn invalid_sampling_values_name_the_field() {
     let t = tiny();
-    expect_error(&["run", &t, "--prompt", "hi", "--temperature", "9"], &["temperature"]);
+    expect_error(
+        &["run", &t, "--prompt", "hi", "--temperature", "9"],
+        &["temperature"],
+    );
     expect_error(&["run", &t, "--prompt", "hi", "--top-p", "0"], &["top_p"]);
     expect_error(&["run", &t, "--prompt", "hi", "--top-k", "0"], &["top_k"]);
-    expect_error(&["run", &t, "--prompt", "hi", "--max-tokens", "0"], &["max_tokens"]);
-    expect_error(&["run", &t, "--prompt", "hi", "--temperature", "NaN"], &["temperature"]);
+    expect_error(
+        &["run", &t, "--prompt", "hi", "--max-tokens", "0"],
+        &["max_tokens"],
+    );
+    expect_error(
+        &["run", &t, "--prompt", "hi", "--temperature", "NaN"],
+        &["temperature"],
+    );
 }
 
 #[test]
@@ -136,7 +169,16 @@ fn bad_device_and_dtype_are_reported() {
 fn runs_the_tiny_model_end_to_end() {
     let home = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["run", &tiny(), "--prompt", "hello", "--max-tokens", "8", "--temperature", "0"])
+        .args([
+            "run",
+            &tiny(),
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+        ])
         .env("KILN_HOME", home.path())
         .output()
         .unwrap();
@@ -171,7 +213,10 @@ fn random_weights_run_any_catalog_text_model_shape() {
 
 #[test]
 fn random_weights_need_a_catalog_name() {
-    expect_error(&["run", &tiny(), "--random-weights", "--prompt", "hi"], &["catalog name"]);
+    expect_error(
+        &["run", &tiny(), "--random-weights", "--prompt", "hi"],
+        &["catalog name"],
+    );
 }
 
 #[test]
@@ -190,7 +235,10 @@ fn models_lists_the_catalog_with_install_state() {
         "@cf/baai/bge-base-en-v1.5",
         "@hf/huggingfacetb/smollm2-135m-instruct",
     ] {
-        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} not listed:\n{stdout}"));
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{stdout}"));
         assert!(line.contains("missing"), "{line}");
     }
     assert!(stdout.contains("Text Generation"));

@@ -11,7 +11,12 @@ use kiln_models::text::TextModel;
 use kiln_models::weights::SafetensorsWeights;
 use std::path::Path;
 
-const MODELS: &[&str] = &["tiny-llama3", "tiny-tied", "tiny-linear-bf16", "tiny-mistral"];
+const MODELS: &[&str] = &[
+    "tiny-llama3",
+    "tiny-tied",
+    "tiny-linear-bf16",
+    "tiny-mistral",
+];
 
 fn load(name: &str, dtype: Option<DType>) -> TextModel {
     let dir = fixtures().join("llama").join(name);
@@ -24,7 +29,10 @@ fn load(name: &str, dtype: Option<DType>) -> TextModel {
 
 fn reference_logits(dir: &Path, i: usize) -> Vec<f32> {
     let refs = SafetensorsWeights::open_files(&[dir.join("reference.safetensors")]).unwrap();
-    refs.get(&format!("logits_{i}")).unwrap().to_vec::<f32>().unwrap()
+    refs.get(&format!("logits_{i}"))
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap()
 }
 
 fn greedy(model: &LlamaModel, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -48,12 +56,21 @@ fn logits_match_transformers_f32() {
         for (i, prompt) in reference["prompts"].as_array().unwrap().iter().enumerate() {
             let prompt = ids(prompt);
             let mut cache = model.model.new_cache(prompt.len()).unwrap();
-            let logits = model.model.forward(&prompt, &mut cache, Logits::All).unwrap();
+            let logits = model
+                .model
+                .forward(&prompt, &mut cache, Logits::All)
+                .unwrap();
             assert_eq!(logits.shape(), &[prompt.len(), 512]);
             let got = logits.to_vec::<f32>().unwrap();
             let diff = max_abs_diff(&got, &reference_logits(&dir, i));
-            println!("{name} prompt {i} ({} tokens): max |logit diff| {diff:.2e}", prompt.len());
-            assert!(diff <= 1e-4, "{name} prompt {i}: max |logit diff| {diff} > 1e-4");
+            println!(
+                "{name} prompt {i} ({} tokens): max |logit diff| {diff:.2e}",
+                prompt.len()
+            );
+            assert!(
+                diff <= 1e-4,
+                "{name} prompt {i}: max |logit diff| {diff} > 1e-4"
+            );
         }
     }
 }
@@ -104,10 +121,14 @@ fn bf16_weights_within_tolerance() {
 fn weights_are_memory_mapped_when_dtype_matches() {
     let model = load("tiny-llama3", None);
     assert!(model.model.weight_bytes() > 0);
-    let weights =
-        SafetensorsWeights::open_dir(&fixtures().join("llama/tiny-llama3")).unwrap();
-    let t = weights.get("model.layers.0.self_attn.q_proj.weight").unwrap();
-    assert!(t.is_mapped(), "an aligned f32 tensor should be a zero-copy view of the file");
+    let weights = SafetensorsWeights::open_dir(&fixtures().join("llama/tiny-llama3")).unwrap();
+    let t = weights
+        .get("model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    assert!(
+        t.is_mapped(),
+        "an aligned f32 tensor should be a zero-copy view of the file"
+    );
 }
 
 #[test]
@@ -116,10 +137,22 @@ fn chunked_prefill_equals_one_shot() {
     let model = load("tiny-llama3", None);
     let prompt: Vec<u32> = (0..23).map(|i| (i * 37 + 5) % 512).collect();
     let mut cache = model.model.new_cache(32).unwrap();
-    let whole = model.model.forward(&prompt, &mut cache, Logits::Last).unwrap();
+    let whole = model
+        .model
+        .forward(&prompt, &mut cache, Logits::Last)
+        .unwrap();
     let mut cache = model.model.new_cache(32).unwrap();
-    model.model.forward(&prompt[..10], &mut cache, Logits::Last).unwrap();
-    let parts = model.model.forward(&prompt[10..], &mut cache, Logits::Last).unwrap();
-    let diff = max_abs_diff(&whole.to_vec::<f32>().unwrap(), &parts.to_vec::<f32>().unwrap());
+    model
+        .model
+        .forward(&prompt[..10], &mut cache, Logits::Last)
+        .unwrap();
+    let parts = model
+        .model
+        .forward(&prompt[10..], &mut cache, Logits::Last)
+        .unwrap();
+    let diff = max_abs_diff(
+        &whole.to_vec::<f32>().unwrap(),
+        &parts.to_vec::<f32>().unwrap(),
+    );
     assert!(diff <= 1e-5, "chunked prefill differs by {diff}");
 }

@@ -34,17 +34,26 @@ fn greedy_params(max_tokens: usize) -> SamplingParams {
 #[test]
 fn prompt_ids_and_greedy_continuations_match_transformers() {
     let cases = read_json(&fixtures().join("smollm2/greedy.json"));
-    let logits = SafetensorsWeights::open_files(&[fixtures().join("smollm2/last_logits.safetensors")])
-        .unwrap();
+    let logits =
+        SafetensorsWeights::open_files(&[fixtures().join("smollm2/last_logits.safetensors")])
+            .unwrap();
     let m = model();
     for (i, case) in cases["prompts"].as_array().unwrap().iter().enumerate() {
         let text = case["text"].as_str().unwrap();
         let prompt = m.prompt_ids(&Prompt::Raw(text)).unwrap();
-        assert_eq!(prompt, ids(&case["prompt_ids"]), "prompt {i} tokenizes differently");
+        assert_eq!(
+            prompt,
+            ids(&case["prompt_ids"]),
+            "prompt {i} tokenizes differently"
+        );
 
         let mut cache = m.model.new_cache(prompt.len() + 32).unwrap();
         let last = m.model.forward(&prompt, &mut cache, Logits::Last).unwrap();
-        let want = logits.get(&format!("logits_{i}")).unwrap().to_vec::<f32>().unwrap();
+        let want = logits
+            .get(&format!("logits_{i}"))
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
         let diff = max_abs_diff(&last.to_vec::<f32>().unwrap(), &want);
         println!("prompt {i}: max |last logit diff| {diff:.2e}");
         assert!(diff <= 2e-3, "prompt {i}: last logits differ by {diff}");
@@ -57,7 +66,11 @@ fn prompt_ids_and_greedy_continuations_match_transformers() {
             next = l.argmax().unwrap().to_vec::<u32>().unwrap()[0];
             got.push(next);
         }
-        assert_eq!(got, ids(&case["greedy_ids"]), "prompt {i}: greedy continuation differs");
+        assert_eq!(
+            got,
+            ids(&case["greedy_ids"]),
+            "prompt {i}: greedy continuation differs"
+        );
     }
 }
 
@@ -68,7 +81,11 @@ fn chat_answers_paris() {
     let m = model();
     let messages = [ChatMessage::new("user", "What is the capital of France?")];
     let prompt = m.prompt_ids(&Prompt::Chat(&messages)).unwrap();
-    assert_eq!(prompt, ids(&chat["prompt_ids"]), "chat prompt differs from transformers");
+    assert_eq!(
+        prompt,
+        ids(&chat["prompt_ids"]),
+        "chat prompt differs from transformers"
+    );
     let mut streamed = String::new();
     let out = m
         .generate(&prompt, &greedy_params(32), &mut |piece| {
@@ -103,10 +120,17 @@ fn quantized_default_load_matches_transformers() {
         let prompt = ids(&case["prompt_ids"]);
         let mut cache = m.model.new_cache(prompt.len() + 32).unwrap();
         let last = m.model.forward(&prompt, &mut cache, Logits::Last).unwrap();
-        let want = logits.get(&format!("logits_{i}")).unwrap().to_vec::<f32>().unwrap();
+        let want = logits
+            .get(&format!("logits_{i}"))
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
         let diff = max_abs_diff(&last.to_vec::<f32>().unwrap(), &want);
         println!("quantized prompt {i}: max |last logit diff| {diff:.2e}");
-        assert!(diff <= 1e-3, "prompt {i}: quantized logits differ by {diff}");
+        assert!(
+            diff <= 1e-3,
+            "prompt {i}: quantized logits differ by {diff}"
+        );
         let mut next = last.argmax().unwrap().to_vec::<u32>().unwrap()[0];
         let mut got = vec![next];
         while got.len() < 32 {
@@ -114,11 +138,17 @@ fn quantized_default_load_matches_transformers() {
             next = l.argmax().unwrap().to_vec::<u32>().unwrap()[0];
             got.push(next);
         }
-        assert_eq!(got, ids(&case["greedy_ids"]), "prompt {i}: quantized greedy differs");
+        assert_eq!(
+            got,
+            ids(&case["greedy_ids"]),
+            "prompt {i}: quantized greedy differs"
+        );
     }
     let messages = [ChatMessage::new("user", "What is the capital of France?")];
     let prompt = m.prompt_ids(&Prompt::Chat(&messages)).unwrap();
-    let out = m.generate(&prompt, &greedy_params(16), &mut |_| true).unwrap();
+    let out = m
+        .generate(&prompt, &greedy_params(16), &mut |_| true)
+        .unwrap();
     assert_eq!(out.text, cases["chat"]["reply"].as_str().unwrap());
 }
 
@@ -131,7 +161,9 @@ fn bf16_weights_still_answer_paris() {
     let m = TextModel::from_gguf(&smollm2_gguf(), opts).unwrap();
     let messages = [ChatMessage::new("user", "What is the capital of France?")];
     let prompt = m.prompt_ids(&Prompt::Chat(&messages)).unwrap();
-    let out = m.generate(&prompt, &greedy_params(16), &mut |_| true).unwrap();
+    let out = m
+        .generate(&prompt, &greedy_params(16), &mut |_| true)
+        .unwrap();
     assert!(out.text.contains("Paris"), "bf16 reply: {}", out.text);
 }
 

@@ -61,7 +61,10 @@ impl Layout {
         if start.checked_add(len).is_none_or(|end| end > size) {
             return Err(shape_err(
                 "narrow",
-                format!("{start}..{} out of range 0..{size} on dim {dim}", start + len),
+                format!(
+                    "{start}..{} out of range 0..{size} on dim {dim}",
+                    start + len
+                ),
             ));
         }
         let mut out = self.clone();

@@ -116,7 +116,11 @@ impl Op {
                 if w.shape()[1] != k {
                     return Err(shape_err(
                         name,
-                        format!("x {:?} and weight {:?}: inner dims differ", x.shape(), w.shape()),
+                        format!(
+                            "x {:?} and weight {:?}: inner dims differ",
+                            x.shape(),
+                            w.shape()
+                        ),
                     ));
                 }
                 let mut shape = x.shape().to_vec();

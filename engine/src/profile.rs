@@ -45,6 +45,6 @@ pub fn report() -> Vec<(&'static str, Duration, u64)> {
         .into_iter()
         .map(|(k, (d, n))| (k, d, n))
         .collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     rows
 }

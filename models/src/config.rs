@@ -82,7 +82,8 @@ impl LlamaConfig {
         if num_attention_heads == 0 || hidden_size == 0 {
             return Err("hidden_size and num_attention_heads must be positive".into());
         }
-        let num_key_value_heads = opt_usize(v, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads =
+            opt_usize(v, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         let head_dim = opt_usize(v, "head_dim")?.unwrap_or(hidden_size / num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(format!(
@@ -117,7 +118,10 @@ impl LlamaConfig {
             num_key_value_heads,
             head_dim,
             max_position_embeddings: opt_usize(v, "max_position_embeddings")?.unwrap_or(2048),
-            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rms_norm_eps: v
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
             tie_word_embeddings: v
@@ -159,8 +163,8 @@ impl LlamaConfig {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth =
-                                (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -228,7 +232,11 @@ fn opt_usize(v: &Value, key: &str) -> Result<Option<usize>, String> {
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|i| vec![i as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|i| i as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|i| i as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -265,10 +273,14 @@ mod tests {
     fn rejects_unsupported_and_malformed() {
         let mut v = base();
         v["architectures"] = json!(["GPT2LMHeadModel"]);
-        assert!(LlamaConfig::from_json(&v).unwrap_err().contains("GPT2LMHeadModel"));
+        assert!(LlamaConfig::from_json(&v)
+            .unwrap_err()
+            .contains("GPT2LMHeadModel"));
         let mut v = base();
         v["hidden_size"] = json!("eight");
-        assert!(LlamaConfig::from_json(&v).unwrap_err().contains("hidden_size"));
+        assert!(LlamaConfig::from_json(&v)
+            .unwrap_err()
+            .contains("hidden_size"));
         let mut v = base();
         v["num_key_value_heads"] = json!(3);
         assert!(LlamaConfig::from_json(&v).is_err());

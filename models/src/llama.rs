@@ -205,8 +205,12 @@ impl LlamaModel {
         let shape = [capacity, c.num_key_value_heads, c.head_dim];
         let make = || Tensor::zeros(&shape, DType::F32, Device::Cpu);
         Ok(KvCache {
-            k: (0..c.num_hidden_layers).map(|_| make()).collect::<Result<_, _>>()?,
-            v: (0..c.num_hidden_layers).map(|_| make()).collect::<Result<_, _>>()?,
+            k: (0..c.num_hidden_layers)
+                .map(|_| make())
+                .collect::<Result<_, _>>()?,
+            v: (0..c.num_hidden_layers)
+                .map(|_| make())
+                .collect::<Result<_, _>>()?,
             len: 0,
             capacity,
         })
@@ -262,7 +266,9 @@ impl LlamaModel {
         let x = x.add(&attn)?;
         let h = x.rms_norm(&layer.post_attention_layernorm, eps)?;
         let m = &layer.mlp;
-        let act = h.matmul_t(&m.gate_proj)?.silu_mul(&h.matmul_t(&m.up_proj)?)?;
+        let act = h
+            .matmul_t(&m.gate_proj)?
+            .silu_mul(&h.matmul_t(&m.up_proj)?)?;
         Ok(x.add(&act.matmul_t(&m.down_proj)?)?)
     }
 

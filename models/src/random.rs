@@ -81,7 +81,8 @@ impl TensorSource for RandomLlamaWeights {
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.shape_of(name).is_some() && !(name == "lm_head.weight" && self.config.tie_word_embeddings)
+        self.shape_of(name).is_some()
+            && !(name == "lm_head.weight" && self.config.tie_word_embeddings)
     }
 }
 
@@ -130,7 +131,9 @@ pub fn byte_level_tokenizer(vocab_size: usize) -> Result<crate::tokenizer::Token
 /// GPT-2's reversible byte -> printable character map: printable Latin-1 bytes stand for
 /// themselves, the rest are shifted past 255 in order.
 fn byte_char(b: u8) -> char {
-    let printable = |x: u8| (b'!'..=b'~').contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x);
+    let printable = |x: u8| {
+        (b'!'..=b'~').contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x)
+    };
     if printable(b) {
         return b as char;
     }
@@ -178,8 +181,20 @@ mod tests {
         let ta = a.tensor(name, Some(DType::F32)).unwrap();
         assert_eq!(ta.shape(), &[16, 32]);
         let va = ta.to_vec::<f32>().unwrap();
-        assert_eq!(va, a.tensor(name, Some(DType::F32)).unwrap().to_vec::<f32>().unwrap());
-        assert_ne!(va, b.tensor(name, Some(DType::F32)).unwrap().to_vec::<f32>().unwrap());
+        assert_eq!(
+            va,
+            a.tensor(name, Some(DType::F32))
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap()
+        );
+        assert_ne!(
+            va,
+            b.tensor(name, Some(DType::F32))
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap()
+        );
         assert!(!a.contains("lm_head.weight"));
         assert!(a.tensor("model.layers.2.mlp.up_proj.weight", None).is_err());
     }

@@ -115,7 +115,11 @@ impl TextModel {
         Ok(Self::assemble(model, tokenizer, chat_template))
     }
 
-    fn assemble(model: LlamaModel, tokenizer: Tokenizer, chat_template: Option<ChatTemplate>) -> Self {
+    fn assemble(
+        model: LlamaModel,
+        tokenizer: Tokenizer,
+        chat_template: Option<ChatTemplate>,
+    ) -> Self {
         let eos_ids = model.config().eos_token_ids.clone();
         TextModel {
             model,

@@ -106,13 +106,15 @@ impl SafetensorsWeights {
     /// The tensor as stored (zero-copy when aligned).
     pub fn get(&self, name: &str) -> Result<Tensor> {
         let entry = self.entries.get(name).ok_or_else(|| {
-            ModelError::NotFound(format!(
-                "tensor {name} is missing from {}",
-                self.describe()
-            ))
+            ModelError::NotFound(format!("tensor {name} is missing from {}", self.describe()))
         })?;
         let (_, map) = &self.shards[entry.shard];
-        Ok(Tensor::from_mmap(map, entry.start, entry.dtype, &entry.shape)?)
+        Ok(Tensor::from_mmap(
+            map,
+            entry.start,
+            entry.dtype,
+            &entry.shape,
+        )?)
     }
 
     fn describe(&self) -> String {

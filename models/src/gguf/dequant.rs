@@ -76,11 +76,11 @@ fn row_plan(ty: GgmlType, bytes: usize, row_len: usize) -> Result<(BlockFn, usiz
     let block_fn = block_fn(ty).ok_or(DequantError::Unsupported(ty))?;
     let (block, type_size) = ty.block_geometry();
     let bad = DequantError::BadLength { ty, bytes, row_len };
-    if row_len == 0 || row_len % block != 0 {
+    if row_len == 0 || !row_len.is_multiple_of(block) {
         return Err(bad);
     }
     let row_bytes = row_len / block * type_size;
-    if bytes % row_bytes != 0 {
+    if !bytes.is_multiple_of(row_bytes) {
         return Err(bad);
     }
     Ok((block_fn, row_bytes))

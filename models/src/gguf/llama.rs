@@ -5,8 +5,8 @@
 use rayon::prelude::*;
 
 use super::dequant::dequantize;
-use super::types::GgmlType;
 use super::reader::{GgufFile, GgufTensorInfo};
+use super::types::GgmlType;
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 
@@ -213,7 +213,7 @@ pub fn permute_qk_rows<T: Copy + Send + Sync>(
 fn qk_head_dim(len: usize, n_head: usize, cols: usize) -> std::result::Result<usize, String> {
     let rows = len.checked_div(cols).unwrap_or(0);
     let head_dim = rows.checked_div(n_head).unwrap_or(0);
-    if cols == 0 || rows * cols != len || head_dim * n_head != rows || head_dim % 2 != 0 {
+    if cols == 0 || rows * cols != len || head_dim * n_head != rows || !head_dim.is_multiple_of(2) {
         return Err(format!(
             "{rows} rows of {cols} cannot be split into {n_head} heads of even size"
         ));

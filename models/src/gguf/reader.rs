@@ -356,7 +356,7 @@ fn check_tensor_range(
     alignment: u64,
     file_len: usize,
 ) -> ParseResult<()> {
-    if t.offset % alignment != 0 {
+    if !t.offset.is_multiple_of(alignment) {
         return Err(format!(
             "tensor {} data offset {} is not a multiple of the alignment {alignment}",
             t.name, t.offset
