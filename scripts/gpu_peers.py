@@ -49,6 +49,11 @@ def shape_key(shapes):
     return "x".join("[" + ",".join(map(str, s)) + "]" for s in shapes)
 
 
+def dtype_key(op, dtypes, extra):
+    """kiln's dtype column: "f32,bf16", or "f32->bf16" for a cast."""
+    return f"{dtypes[0]}->{extra['to']}" if op == "cast" else ",".join(dtypes)
+
+
 def numel(s):
     n = 1
     for d in s:
@@ -173,7 +178,7 @@ def load_kiln(path):
                 line = line.strip()
                 if line.startswith("{"):
                     r = json.loads(line)
-                    rows[(r.get("op"), r.get("shape", ""))] = r
+                    rows[(r.get("op"), r.get("shape", ""), r.get("dtype", ""))] = r
     except OSError:
         pass
     return rows
@@ -181,6 +186,14 @@ def load_kiln(path):
 
 def fmt(x, d=1):
     return "n/a" if x is None else f"{x:.{d}f}"
+
+
+def pct_text(pct):
+    return "n/a" if pct is None else f"{pct:.1f}% copy"
+
+
+def x_text(ratio):
+    return "n/a" if ratio is None else f"{ratio:.2f}x torch"
 
 
 def kiln_text(r):
@@ -202,7 +215,7 @@ def ops(args, torch, rows_out):
     print(head)
     for op, shapes, dtypes, extra in CASES:
         key = shape_key(shapes)
-        r = kiln.pop((op, key), None)
+        r = kiln.pop((op, key, dtype_key(op, dtypes, extra)), None)
         nbytes, flops = traffic(op, shapes, dtypes, extra)
         t_gbs = t_tfs = None
         try:
@@ -222,12 +235,12 @@ def ops(args, torch, rows_out):
         else:
             ratio = k_gbs / t_gbs if k_gbs and t_gbs else None
         print(f"{op:<10} {key:<34} {fmt(k_gbs):>9} {fmt(pct):>6} {fmt(t_gbs):>10} {fmt(k_tfs, 2):>9} {fmt(t_tfs, 2):>10} {fmt(ratio, 2):>10}  {label}; {kiln_text(r)}", flush=True)
-        summary_row(rows_out, op, shapes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs, ratio, copy)
-    for (op, key), r in kiln.items():
+        summary_row(rows_out, op, shapes, dtypes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs, ratio, copy)
+    for (op, key, _), r in kiln.items():
         print(f"{op:<10} {key:<34} {fmt(r.get('gb_s')):>9}  (no torch peer at this shape); {kiln_text(r)}")
 
 
-def summary_row(rows_out, op, shapes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs, ratio, copy):
+def summary_row(rows_out, op, shapes, dtypes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs, ratio, copy):
     """Summary rows: each elementwise op, and matmul at M=1 (GEMV) and M=4096 (GEMM)."""
     status = kiln_text(r)
     if op == "matmul":
@@ -236,21 +249,22 @@ def summary_row(rows_out, op, shapes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs,
             return
         if m == 1:
             metric, value, ref = f"matmul M=1 N={n} K={k} GB/s", fmt(k_gbs), f"copy {fmt(copy)}; torch {fmt(t_gbs)}"
-            shown = f"{fmt(pct)}% copy"
+            shown = pct_text(pct)
             if status == "ok":
                 status = "ok" if pct and pct >= 85 else "below target (85% copy)"
         else:
             metric, value, ref = f"matmul M=4096 N={n} K={k} TFLOP/s", fmt(k_tfs), f"torch bf16 {fmt(t_tfs)}"
-            shown = f"{fmt(ratio, 2)}x torch"
+            shown = x_text(ratio)
             if status == "ok":
                 status = "ok" if ratio and ratio >= 0.7 else "below target (0.7x torch)"
-    elif op == "attention":
+    elif op == "attention" and shapes[0][0] > 1:
         metric = f"attention {shape_key(shapes[:1])} TFLOP/s"
-        value, ref, shown = fmt(k_tfs, 2), f"torch SDPA f32 {fmt(t_tfs, 2)}", f"{fmt(ratio, 2)}x torch"
+        value, ref, shown = fmt(k_tfs, 2), f"torch SDPA f32 {fmt(t_tfs, 2)}", x_text(ratio)
     else:
-        tag = f" ->{extra['to']}" if op == "cast" else ""
+        tag = f" {dtype_key(op, dtypes, extra)}" if op == "cast" else ""
+        tag = f" {shape_key(shapes[:1])} (decode)" if op == "attention" else tag
         metric, value = f"{op}{tag} GB/s", fmt(k_gbs)
-        ref, shown = f"copy {fmt(copy)}; torch {fmt(t_gbs)}", f"{fmt(pct)}% copy"
+        ref, shown = f"copy {fmt(copy)}; torch {fmt(t_gbs)}", pct_text(pct)
         if status == "ok" and op in ELEMENTWISE and op != "argmax":
             status = "ok" if pct and pct >= 80 else "below target (80% copy)"
     rows_out.append(("kernels", metric, value, ref, shown, status))
@@ -371,7 +385,7 @@ def main():
         print(f"FAIL {args.what}: {reason}")
         rows.append(("peers" if args.what == "ops" else "e2e", f"{args.what} vs torch", "n/a", "-", "-", f"FAIL ({reason[:60]})"))
         kiln = load_kiln(args.kiln) if args.what == "ops" else {}
-        for (op, key), r in kiln.items():  # kiln's own figures still make the summary
+        for (op, key, _), r in kiln.items():  # kiln's own figures still make the summary
             rows.append(("kernels", f"{op} {key} GB/s", fmt(r.get("gb_s")), "-", "-", kiln_text(r)))
     if args.summary:
         with open(args.summary, "a") as f:

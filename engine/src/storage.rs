@@ -84,7 +84,9 @@ impl CpuStorage {
             CpuStorage::I32(v) => v.len(),
             CpuStorage::U32(v) => v.len(),
             CpuStorage::U8(v) => v.len(),
-            CpuStorage::Quant { dtype, bytes } => bytes.len() / dtype.block_bytes() * dtype.block_size(),
+            CpuStorage::Quant { dtype, bytes } => {
+                bytes.len() / dtype.block_bytes() * dtype.block_size()
+            }
             CpuStorage::Mapped { len, dtype, .. } => len / dtype.block_bytes() * dtype.block_size(),
         }
     }
@@ -106,7 +108,9 @@ impl CpuStorage {
             CpuStorage::I32(v) => bytemuck::cast_slice(v),
             CpuStorage::U32(v) => bytemuck::cast_slice(v),
             CpuStorage::U8(v) | CpuStorage::Quant { bytes: v, .. } => v,
-            CpuStorage::Mapped { map, start, len, .. } => &map[*start..*start + *len],
+            CpuStorage::Mapped {
+                map, start, len, ..
+            } => &map[*start..*start + *len],
         }
     }
 
