@@ -192,6 +192,10 @@ def pct_text(pct):
     return "n/a" if pct is None else f"{pct:.1f}% copy"
 
 
+def roof_text(ratio):
+    return "n/a" if not ratio else f"{100 * ratio:.1f}% roof"
+
+
 def x_text(ratio):
     return "n/a" if ratio is None else f"{ratio:.2f}x torch"
 
@@ -338,7 +342,7 @@ def e2e(args, rows_out):
         print(f"roofline: {hf['weight_bytes_per_token'] / 1e9:.2f} GB of bf16 weights per token / {fmt(copy)} GB/s = {fmt(roof)} tokens/s")
         ratio = hf["decode_tokens_per_sec"] / roof if roof else None
         rows_out.append(("e2e", "HF transformers decode tok/s", fmt(hf["decode_tokens_per_sec"]),
-                         f"roofline {fmt(roof)}", f"{fmt(ratio and 100 * ratio)}% roof", "ok"))
+                         f"roofline {fmt(roof)}", roof_text(ratio), "ok"))
     except Exception as e:
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]
         print(f"FAIL HF transformers decode: {reason}")
@@ -349,8 +353,10 @@ def e2e(args, rows_out):
         hf_tps = hf["decode_tokens_per_sec"] if hf else None
         meets = (roof is None or k >= 0.8 * roof) and (hf_tps is None or k > hf_tps)
         status = "ok" if meets else "below target (80% roof, > HF)"
+        if roof is None and hf_tps is None:
+            status = "measured (no roofline or HF to compare)"
         rows_out.append(("e2e", "kiln decode tok/s", fmt(k), f"roofline {fmt(roof)}; HF {fmt(hf_tps)}",
-                         f"{fmt(roof and 100 * k / roof)}% roof", status))
+                         roof_text(roof and k / roof), status))
         print("kiln:", json.dumps(kiln))
     else:
         why = args.kiln_error or "no result"
