@@ -3,6 +3,7 @@
 //! softmax and a weighted sum of V: the same operation order as HF's eager attention.
 
 use super::softmax::{softmax_in_place, visible};
+use super::vecops::{axpy, dot};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -84,9 +85,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionP
             softmax_in_place(scores);
             for (j, &pj) in scores.iter().enumerate() {
                 let vj = &v[j * kv_stride + kvh * d..][..d];
-                for (o, &vv) in o.iter_mut().zip(vj) {
-                    *o += pj * vv;
-                }
+                axpy(o, pj, vj);
             }
         });
     };
@@ -104,23 +103,6 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionP
             .with_min_len(min_len)
             .for_each(|(idx, o)| item(idx, o));
     }
-}
-
-/// f32 dot product with eight independent partial sums (vectorizes without fast-math).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    for (x, y) in ta.iter().zip(tb) {
-        s += x * y;
-    }
-    s
 }
 
 #[cfg(test)]

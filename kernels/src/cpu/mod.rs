@@ -11,6 +11,7 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod silu_mul;
 pub mod softmax;
+mod vecops;
 
 #[cfg(test)]
 mod testutil;

@@ -67,13 +67,10 @@ pub(crate) fn softmax_in_place(v: &mut [f32]) {
         v.fill(0.0);
         return;
     }
-    let mut sum = 0f32;
+    let sum = super::vecops::exp_shifted_sum(v, max);
+    let inv = 1.0 / sum;
     for e in v.iter_mut() {
-        *e = (*e - max).exp();
-        sum += *e;
-    }
-    for e in v.iter_mut() {
-        *e /= sum;
+        *e *= inv;
     }
 }
 
