@@ -4,7 +4,7 @@
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use kiln_engine::op::RopeStyle;
-use kiln_engine::{DType, Device, Tensor};
+use kiln_engine::{DType, Device, Op, Tensor};
 
 /// Where a model's tensors come from (safetensors, GGUF, random); names are HF names.
 pub trait TensorSource: Sync {
@@ -99,8 +99,43 @@ pub enum Logits {
     All,
 }
 
+/// The model runs where its weights are; a device whose backend lacks an op the forward pass
+/// needs is refused up front (never a silent run on another device).
+fn check_device(opts: LoadOptions) -> Result<()> {
+    if opts.device == Device::Cpu {
+        return Ok(());
+    }
+    let backend = kiln_engine::backend::backend_for(opts.device);
+    let weight = opts.dtype.unwrap_or(DType::BF16);
+    let needs = [
+        (Op::Matmul, vec![DType::F32, weight]),
+        (
+            Op::Attention {
+                scale: 1.0,
+                causal: true,
+            },
+            vec![DType::F32; 3],
+        ),
+    ];
+    for (op, dtypes) in needs {
+        if !backend.supports(&op, &dtypes) {
+            return Err(ModelError::InvalidInput(format!(
+                "Llama cannot run on {} yet: the {} backend has no {} kernel for {dtypes:?}",
+                opts.device,
+                backend.name(),
+                op.name()
+            )));
+        }
+    }
+    Err(ModelError::InvalidInput(format!(
+        "Llama on {} is not wired up yet: weights are loaded on the CPU only",
+        opts.device
+    )))
+}
+
 impl LlamaModel {
     pub fn load(src: &dyn TensorSource, config: LlamaConfig, opts: LoadOptions) -> Result<Self> {
+        check_device(opts)?;
         let w = |name: &str| src.tensor(name, opts.dtype);
         let norm = |name: &str| src.tensor(name, Some(DType::F32));
         let expect = |t: Tensor, name: &str, shape: &[usize]| -> Result<Tensor> {
@@ -155,7 +190,6 @@ impl LlamaModel {
             embed_tokens.clone()
         };
         let inv_freq = Tensor::from_vec(config.rope_inv_freq(), &[d / 2])?;
-        let _ = opts.device;
         Ok(LlamaModel {
             embed_tokens,
             layers,
