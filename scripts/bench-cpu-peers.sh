@@ -23,7 +23,8 @@
 #   --repeat R         timed repetitions, best reported (default 3)
 #   --out FILE         JSON results (default target/bench-peers.json)
 #   --engines LIST     comma list of kiln,hf-bf16,hf-f32,llamacpp (default: all)
-#   --kiln-dtypes LIST comma list of kiln --dtype values (default bf16); the first is the
+#   --kiln-dtypes LIST comma list of kiln --dtype values, "native" = the GGUF's own formats
+#                      (default native,bf16); the first is the
 #                      one the ratio columns use
 #   --no-build         skip `cargo build --release` (use the existing target/release/kiln)
 #
@@ -41,7 +42,7 @@ threads=2
 repeat=3
 out="target/bench-peers.json"
 engines="kiln,hf-bf16,hf-f32,llamacpp"
-kiln_dtypes="bf16"
+kiln_dtypes="native,bf16"
 build=1
 
 NLC_VERSION="3.22.1"
@@ -77,7 +78,7 @@ for e in ${engines//,/ }; do
     case "${e}" in kiln|hf-bf16|hf-f32|llamacpp) ;; *) die "unknown engine '${e}' in --engines (kiln,hf-bf16,hf-f32,llamacpp)" ;; esac
 done
 for d in ${kiln_dtypes//,/ }; do
-    case "${d}" in bf16|f32|f16) ;; *) die "unknown kiln dtype '${d}' (bf16,f32,f16)" ;; esac
+    case "${d}" in native|bf16|f32|f16) ;; *) die "unknown kiln dtype '${d}' (native,bf16,f32,f16)" ;; esac
 done
 
 # ---- prerequisites ---------------------------------------------------------------------
@@ -186,8 +187,11 @@ print(json.dumps(r))' "${line}" "${mon}" "${label}" "$*" >> "${results}"
 
 if want kiln; then
     for d in ${kiln_dtypes//,/ }; do
+        # "native" keeps the GGUF's own formats (Q4_1/Q8_0 blocks multiplied directly).
+        dtype_flag=()
+        [[ "${d}" == native ]] || dtype_flag=(--dtype "${d}")
         run_engine "kiln ${d}" "${kiln_bin}" bench "${model_name}" --prompt-len "${prompt_len}" \
-            --gen-len "${gen_len}" --repeat "${repeat}" --dtype "${d}" --json
+            --gen-len "${gen_len}" --repeat "${repeat}" "${dtype_flag[@]}" --json
     done
 fi
 for d in bf16 f32; do
