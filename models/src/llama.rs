@@ -61,6 +61,8 @@ pub struct LlamaModel {
     /// The embedding table itself when the embeddings are tied.
     lm_head: Tensor,
     inv_freq: Tensor,
+    /// Where the weights, activations and KV cache live.
+    device: Device,
 }
 
 /// Per-layer key/value cache of one sequence: [capacity, kv_heads, head_dim] f32 each.
@@ -127,17 +129,16 @@ fn check_device(opts: LoadOptions) -> Result<()> {
             )));
         }
     }
-    Err(ModelError::InvalidInput(format!(
-        "Llama on {} is not wired up yet: weights are loaded on the CPU only",
-        opts.device
-    )))
+    Ok(())
 }
 
 impl LlamaModel {
     pub fn load(src: &dyn TensorSource, config: LlamaConfig, opts: LoadOptions) -> Result<Self> {
         check_device(opts)?;
-        let w = |name: &str| src.tensor(name, opts.dtype);
-        let norm = |name: &str| src.tensor(name, Some(DType::F32));
+        // Tensors are read on the host and moved once to the model's device.
+        let on_device = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(opts.device)?) };
+        let w = |name: &str| on_device(src.tensor(name, opts.dtype)?);
+        let norm = |name: &str| on_device(src.tensor(name, Some(DType::F32))?);
         let expect = |t: Tensor, name: &str, shape: &[usize]| -> Result<Tensor> {
             if t.shape() == shape {
                 Ok(t)
@@ -189,7 +190,7 @@ impl LlamaModel {
         } else {
             embed_tokens.clone()
         };
-        let inv_freq = Tensor::from_vec(config.rope_inv_freq(), &[d / 2])?;
+        let inv_freq = on_device(Tensor::from_vec(config.rope_inv_freq(), &[d / 2])?)?;
         Ok(LlamaModel {
             embed_tokens,
             layers,
@@ -197,11 +198,16 @@ impl LlamaModel {
             lm_head,
             inv_freq,
             config,
+            device: opts.device,
         })
     }
 
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Bytes held by the weights (memory-mapped or owned).
@@ -237,7 +243,7 @@ impl LlamaModel {
         let c = &self.config;
         let capacity = capacity.min(c.max_position_embeddings).max(1);
         let shape = [capacity, c.num_key_value_heads, c.head_dim];
-        let make = || Tensor::zeros(&shape, DType::F32, Device::Cpu);
+        let make = || Tensor::zeros(&shape, DType::F32, self.device);
         Ok(KvCache {
             k: (0..c.num_hidden_layers)
                 .map(|_| make())
@@ -266,9 +272,9 @@ impl LlamaModel {
                 c.max_position_embeddings
             )));
         }
-        let ids = Tensor::from_slice(tokens, &[t])?;
+        let ids = Tensor::from_slice(tokens, &[t])?.to_device(self.device)?;
         let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        let positions = Tensor::from_vec(positions, &[t])?;
+        let positions = Tensor::from_vec(positions, &[t])?.to_device(self.device)?;
         let mut x = self.embed_tokens.embedding(&ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.decoder_layer(layer, &x, &positions, cache, i)?;

@@ -10,6 +10,7 @@ use crate::llama::{LlamaModel, LoadOptions, Logits};
 use crate::tokenizer::Tokenizer;
 use crate::weights::SafetensorsWeights;
 use kiln_engine::sampler::{Sampler, SamplingParams};
+use kiln_engine::{DType, Device};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -97,6 +98,14 @@ impl TextModel {
                 )?)
             }
             None => None,
+        };
+        // The quantized block formats have CPU kernels only: on a GPU, dequantize to bf16.
+        let opts = match (opts.device, opts.dtype) {
+            (Device::Cpu, _) | (_, Some(_)) => opts,
+            (_, None) => LoadOptions {
+                dtype: Some(DType::BF16),
+                ..opts
+            },
         };
         let model = LlamaModel::load(&file, config, opts)?;
         Ok(Self::assemble(model, tokenizer, chat_template))
