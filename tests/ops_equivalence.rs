@@ -267,19 +267,58 @@ fn cases_for(op: &Op) -> Vec<Case> {
             }
         }
         Op::Matmul => {
-            for w in [F32, BF16] {
-                let x = inp(&[31, 64], F32);
-                v.push(case(
-                    op.clone(),
-                    vec![x, inp(&[33, 64], w)],
-                    Check::Nmse(5e-4),
-                ));
+            // m: the GEMV path (1, 3, 8) and the GEMM path (9, 33, 128); (n, k): odd sizes
+            // (scalar paths, partial tiles), k = 3000 (several GEMV chunks, the last partial;
+            // a partial GEMM k tile), large ones; a rank-3 x. f32 weights are exact f32 on
+            // CUDA; 16-bit weights multiply x rounded to bf16 on the tensor-core path.
+            for w in [F32, BF16, F16] {
+                let tol = Check::Nmse(if w == F32 { 1e-7 } else { 5e-4 });
+                let mut mm = |x: &[usize], n: usize| {
+                    let k = *x.last().unwrap();
+                    v.push(case(op.clone(), vec![inp(x, F32), inp(&[n, k], w)], tol));
+                };
+                for m in [1, 3, 8, 9, 33, 128] {
+                    for (n, k) in [(33, 64), (31, 33), (64, 31), (100, 3000)] {
+                        mm(&[m, k], n);
+                    }
+                }
+                mm(&[1, 4096], 4096);
+                mm(&[8, 4096], 1031);
+                mm(&[300, 1024], 1027);
+                mm(&[2, 5, 64], 33);
             }
         }
         Op::Attention { .. } => {
             let q = inp(&[31, 8, 64], F32);
             let kv = inp(&[33, 2, 64], F32);
             v.push(case(op.clone(), vec![q, kv.clone(), kv], Check::Nmse(5e-4)));
+            // (q_len, kv_len, heads, kv_heads, head_dim, causal): decode (q_len 1) over 1, 31,
+            // 33 and 512 keys, prefill (q_len = kv_len), GQA ratios 1, 4, 8, head_dim 64, 128,
+            // 256 and ones not a multiple of 4 (the kernel's scalar path).
+            let shapes = [
+                (1, 1, 8, 2, 64, true),
+                (1, 31, 8, 8, 64, true),
+                (1, 33, 32, 4, 128, false),
+                (1, 512, 32, 4, 128, true),
+                (1, 512, 16, 2, 64, false),
+                (33, 33, 8, 1, 64, true),
+                (33, 33, 4, 4, 128, false),
+                (128, 128, 8, 2, 128, true),
+                (128, 128, 4, 4, 64, false),
+                (7, 40, 8, 1, 33, true),
+                (31, 31, 6, 2, 66, false),
+                (1, 300, 4, 4, 255, true),
+                (33, 65, 4, 2, 256, true),
+            ];
+            for (q_len, kv_len, heads, kv_heads, d, causal) in shapes {
+                let att = Op::Attention {
+                    scale: 1.0 / (d as f32).sqrt(),
+                    causal,
+                };
+                let q = inp(&[q_len, heads, d], F32);
+                let kv = inp(&[kv_len, kv_heads, d], F32);
+                v.push(case(att, vec![q, kv.clone(), kv], Check::Nmse(5e-4)));
+            }
         }
     }
     v

@@ -62,6 +62,19 @@ pub const HOT_KERNELS: &[&str] = &[
     "kiln_cast_f32_bf16",
     "kiln_cast_bf16_f32",
     "kiln_argmax_f32",
+    "kiln_gemv_f32_m1",
+    "kiln_gemv_f32_m4",
+    "kiln_gemv_f32_m8",
+    "kiln_gemv_bf16_m1",
+    "kiln_gemv_bf16_m4",
+    "kiln_gemv_bf16_m8",
+    "kiln_gemv_f16_m1",
+    "kiln_gemv_f16_m4",
+    "kiln_gemv_f16_m8",
+    "kiln_gemm_bf16",
+    "kiln_gemm_f16",
+    "kiln_sgemm_f32",
+    "kiln_attention_f32",
 ];
 
 /// `include_bytes!` gives 1-byte alignment; the driver wants the fatbin header aligned.

@@ -142,6 +142,24 @@ pub struct RopeParams {
     pub attention_scaling: f32,
 }
 
+/// `kiln_attention_f32`: q [q_len, heads, head_dim], k, v [kv_len, kv_heads, head_dim],
+/// out [q_len, heads, head_dim], all contiguous f32; `causal` is 0 or 1; head_dim <= 256.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub out: u64,
+    pub q_len: u32,
+    pub kv_len: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub scale: f32,
+    pub causal: u32,
+}
+
 // The same numbers are static_assert-ed in the .cu files.
 const _: () = {
     assert!(size_of::<BinaryParams>() == 32 && offset_of!(BinaryParams, n) == 24);
@@ -158,4 +176,20 @@ const _: () = {
     assert!(size_of::<ArgmaxParams>() == 32 && offset_of!(ArgmaxParams, cols) == 24);
     assert!(size_of::<EmbeddingParams>() == 40 && offset_of!(EmbeddingParams, vocab) == 36);
     assert!(size_of::<RopeParams>() == 48 && offset_of!(RopeParams, attention_scaling) == 44);
+    assert!(size_of::<AttentionParams>() == 64 && offset_of!(AttentionParams, causal) == 56);
 };
+
+/// `kiln_gemv_<w>_m{1,4,8}`, `kiln_gemm_{bf16,f16}`, `kiln_sgemm_f32`:
+/// out f32 [m, n] = x f32 [m, k] · w [n, k]ᵀ (w in bf16, f16 or f32). No aliasing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulParams {
+    pub x: u64,
+    pub w: u64,
+    pub out: u64,
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+}
+
+const _: () = assert!(size_of::<MatmulParams>() == 40 && offset_of!(MatmulParams, k) == 32);

@@ -14,6 +14,8 @@ mod alloc;
 mod device;
 mod launch;
 mod ops;
+mod ops_attention;
+mod ops_matmul;
 mod transfer;
 
 pub use alloc::{set_guard_bytes, AllocStats, CudaBuffer, GUARD_SENTINEL};

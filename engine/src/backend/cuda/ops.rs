@@ -52,8 +52,8 @@ impl Backend for CudaBackend {
                     || cast_kernel(*from, *to).is_some())
             }
             Op::CopyRows { .. } => dtypes.len() == 2 && dtypes[0] == dtypes[1],
-            // Kernels to come: until then this is a SKIP in tests, an error in use.
-            Op::Matmul | Op::Attention { .. } => false,
+            Op::Attention { .. } => dtypes == [F32, F32, F32],
+            Op::Matmul => super::ops_matmul::supports(dtypes),
         }
     }
 
@@ -305,7 +305,11 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
                 None => transfer::copy_d2d(dev, o, src, transfer::byte_len(dt, n)?),
             }
         }
-        Op::Matmul | Op::Attention { .. } | Op::CopyRows { .. } => Err(EngineError::Unsupported {
+        Op::Attention { scale, causal } => {
+            super::ops_attention::attention(dev, *scale, *causal, x, o)
+        }
+        Op::Matmul => super::ops_matmul::run(dev, &x[0], &x[1], o),
+        Op::CopyRows { .. } => Err(EngineError::Unsupported {
             op: name,
             backend: "cuda",
             dtypes: x.iter().map(|t| t.dtype()).collect(),
