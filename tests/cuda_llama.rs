@@ -60,9 +60,21 @@ fn tiny_models_match_transformers_on_cuda() {
                 .to_vec::<f32>()
                 .unwrap();
             let diff = max_abs_diff(&got, &want_logits);
-            println!("{name} prompt {i} on {device}: max |logit diff| {diff:.2e}");
+            // f32 weights run exact f32 kernels (GEMV, SGEMM): 1e-3. bf16 weights with more
+            // than 8 rows go through the tensor-core GEMM, which rounds the activations to
+            // bf16 too: the CPU bf16 test's bound, 2% of the largest |logit|.
+            let scale = want_logits.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let bf16 = *name == "tiny-linear-bf16";
+            let bound = if bf16 && prompt.len() > 8 {
+                0.02 * scale
+            } else {
+                1e-3
+            };
+            println!(
+                "{name} prompt {i} on {device}: max |logit diff| {diff:.2e} (bound {bound:.1e})"
+            );
             assert!(
-                diff <= 1e-3,
+                diff <= bound,
                 "{name} prompt {i}: logits differ by {diff} on {device}"
             );
             let last = logits.narrow(0, prompt.len() - 1, 1).unwrap();
