@@ -25,4 +25,4 @@ cargo test --workspace --quiet
 
 echo "== tests with the CUDA backend compiled in (no GPU here: device tests skip loudly)"
 KILN_ALLOW_NO_GPU=1 cargo test --quiet --features cuda -p kiln-kernels -p kiln-engine
-KILN_ALLOW_NO_GPU=1 cargo test --quiet --features cuda --test ops_equivalence
+KILN_ALLOW_NO_GPU=1 cargo test --quiet --features cuda --test ops_equivalence --test cuda_llama

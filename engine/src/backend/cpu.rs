@@ -27,15 +27,7 @@ impl Backend for CpuBackend {
     }
 
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
-        let (shape, dtype) = op.check(inputs)?;
-        let dtypes: Vec<DType> = inputs.iter().map(|t| t.dtype()).collect();
-        if !self.supports(op, &dtypes) {
-            return Err(EngineError::Unsupported {
-                op: op.name(),
-                backend: self.name(),
-                dtypes,
-            });
-        }
+        let (shape, dtype) = super::check_supported(self, op, inputs)?;
         let inputs: Vec<Tensor> = inputs
             .iter()
             .map(|t| t.contiguous())

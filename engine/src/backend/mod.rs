@@ -89,6 +89,26 @@ impl fmt::Display for Device {
     }
 }
 
+/// Validates a pure op for `backend`: its output shape and dtype, or `Unsupported` naming the
+/// op, the backend and the input dtypes (never a silent fallback).
+pub(crate) fn check_supported(
+    backend: &dyn Backend,
+    op: &Op,
+    inputs: &[&Tensor],
+) -> Result<(Vec<usize>, DType)> {
+    let out = op.check(inputs)?;
+    let dtypes: Vec<DType> = inputs.iter().map(|t| t.dtype()).collect();
+    if backend.supports(op, &dtypes) {
+        Ok(out)
+    } else {
+        Err(crate::EngineError::Unsupported {
+            op: op.name(),
+            backend: backend.name(),
+            dtypes,
+        })
+    }
+}
+
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Whether `op` runs here with inputs of these dtypes.

@@ -58,15 +58,7 @@ impl Backend for CudaBackend {
     }
 
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
-        let (shape, out_dtype) = op.check(inputs)?;
-        let dtypes: Vec<DType> = inputs.iter().map(|t| t.dtype()).collect();
-        if !self.supports(op, &dtypes) {
-            return Err(EngineError::Unsupported {
-                op: op.name(),
-                backend: self.name(),
-                dtypes,
-            });
-        }
+        let (shape, out_dtype) = super::super::check_supported(self, op, inputs)?;
         let dev = same_device(op.name(), inputs)?;
         let inputs: Vec<Tensor> = inputs
             .iter()
