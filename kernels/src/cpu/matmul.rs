@@ -349,15 +349,8 @@ mod portable {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::Weight;
+    use crate::cpu::vecops::hsum;
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        // Same association as `reduce8`.
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
-    }
 
     /// Register tile: R rows of x against C rows of w, each output one canonical-order dot.
     #[inline(always)]

@@ -193,14 +193,8 @@ mod portable {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Block, QK, R_GEMV};
+    use crate::cpu::vecops::hsum;
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
-    }
 
     /// MX rows of x against R weight rows (row stride `rb` bytes): MX·R vector accumulators,
     /// each block's dot kept in its own short chain and folded in with one FMA by `d`.

@@ -45,6 +45,17 @@ pub(crate) fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
     sum
 }
 
+/// Horizontal sum of 8 lanes as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)): the association the
+/// matmul's portable path uses too, so both paths agree bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
@@ -90,10 +101,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
         i += 8;
     }
-    let acc = _mm256_add_ps(acc0, acc1);
-    let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-    let mut s = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+    let mut s = hsum(_mm256_add_ps(acc0, acc1));
     while i < n {
         s = a[i].mul_add(b[i], s);
         i += 1;
@@ -171,9 +179,7 @@ unsafe fn exp_shifted_sum_avx2(v: &mut [f32], max: f32) -> f32 {
         acc = _mm256_add_ps(acc, e);
         i += 8;
     }
-    let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-    let mut sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+    let mut sum = hsum(acc);
     while i < n {
         v[i] = (v[i] - max).exp();
         sum += v[i];
