@@ -234,8 +234,9 @@ impl Op {
         }
     }
 
-    /// Validates an in-place op against its destination.
-    pub fn check_inplace(&self, dst: &Tensor, inputs: &[&Tensor]) -> Result<()> {
+    /// Validates an in-place op against its destination; returns the first destination row
+    /// it writes (the only in-place op is `CopyRows`).
+    pub fn check_inplace(&self, dst: &Tensor, inputs: &[&Tensor]) -> Result<usize> {
         let name = self.name();
         let Op::CopyRows { dst_row } = self else {
             return Err(shape_err(name, "not an in-place op"));
@@ -262,7 +263,7 @@ impl Op {
                 ),
             ));
         }
-        Ok(())
+        Ok(*dst_row)
     }
 }
 

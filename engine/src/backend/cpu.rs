@@ -46,14 +46,7 @@ impl Backend for CpuBackend {
     }
 
     fn execute_inplace(&self, op: &Op, dst: &mut Tensor, inputs: &[&Tensor]) -> Result<()> {
-        op.check_inplace(dst, inputs)?;
-        let Op::CopyRows { dst_row } = op else {
-            return Err(EngineError::Unsupported {
-                op: op.name(),
-                backend: self.name(),
-                dtypes: vec![dst.dtype()],
-            });
-        };
+        let dst_row = op.check_inplace(dst, inputs)?;
         let src = inputs[0].contiguous()?;
         let row_len: usize = dst.shape()[1..].iter().product();
         let start = dst_row * row_len;

@@ -73,14 +73,7 @@ impl Backend for CudaBackend {
     }
 
     fn execute_inplace(&self, op: &Op, dst: &mut Tensor, inputs: &[&Tensor]) -> Result<()> {
-        op.check_inplace(dst, inputs)?;
-        let Op::CopyRows { dst_row } = op else {
-            return Err(EngineError::Unsupported {
-                op: op.name(),
-                backend: self.name(),
-                dtypes: vec![dst.dtype()],
-            });
-        };
+        let dst_row = op.check_inplace(dst, inputs)?;
         let src = inputs[0];
         let dev = same_device(op.name(), &[&*dst, src])?;
         if !dst.is_contiguous() {
