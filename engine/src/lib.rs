@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod dtype;
 pub mod error;
+pub mod kv_cache;
 pub mod layout;
 pub mod op;
 pub mod profile;
