@@ -11,6 +11,7 @@ pub mod layout;
 pub mod op;
 pub mod profile;
 pub mod sampler;
+pub mod scheduler;
 pub mod storage;
 pub mod tensor;
 
