@@ -135,6 +135,11 @@ fn representatives() -> Vec<Op> {
         Op::Argmax,
         Op::Cast { to: BF16 },
         Op::CopyRows { dst_row: 0 },
+        Op::ReshapeAndCache,
+        Op::PagedAttention {
+            scale: 0.125,
+            causal: true,
+        },
     ]
 }
 
@@ -265,6 +270,26 @@ fn cases_for(op: &Op) -> Vec<Case> {
                 let c = Op::CopyRows { dst_row: 2 };
                 v.push(case(c, vec![inp(&[33, 31], d), src], Check::Exact));
             }
+        }
+        Op::ReshapeAndCache | Op::PagedAttention { .. } => {
+            // No CUDA kernel yet: one case each so the table shows the SKIP.
+            let (q, cache) = (inp(&[4, 8, 64], F32), inp(&[16, 2, 16, 64], F32));
+            let u = |n: usize| inp(&[n], DType::U32);
+            v.push(case(
+                op.clone(),
+                match op {
+                    Op::ReshapeAndCache => vec![cache, inp(&[4, 2, 64], F32), u(4)],
+                    _ => vec![
+                        q,
+                        cache.clone(),
+                        cache,
+                        inp(&[1, 1], DType::U32),
+                        u(1),
+                        u(2),
+                    ],
+                },
+                Check::Nmse(1e-6),
+            ));
         }
         Op::Matmul => {
             // m: the GEMV path (1, 3, 8) and the GEMM path (9, 33, 128); (n, k): odd sizes

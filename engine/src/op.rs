@@ -39,6 +39,14 @@ pub enum Op {
     Cast { to: DType },
     /// In place: [src [r, ..]] written into dst rows dst_row..dst_row+r (same dtype, trailing dims)
     CopyRows { dst_row: usize },
+    /// In place into a paged cache [num_blocks, kv_heads, block_size, d]: [new [t, kv_heads, d]
+    /// (cache dtype), slots [t] u32 (u32::MAX skips a token)]
+    ReshapeAndCache,
+    /// [q [rows, heads, d] f32, k_cache, v_cache [num_blocks, kv_heads, block_size, d],
+    /// block_tables [seqs, max_blocks] u32, context_lens [seqs] u32, cu_seqlens [seqs + 1] u32]
+    /// -> [rows, heads, d] f32: varlen attention over the paged cache (see
+    /// kernels/src/cpu/paged_attention.rs)
+    PagedAttention { scale: f32, causal: bool },
 }
 
 /// The variants, for exhaustive coverage in the equivalence suite and benches.
@@ -56,6 +64,8 @@ pub const ALL_OPS: &[&str] = &[
     "argmax",
     "cast",
     "copy_rows",
+    "reshape_and_cache",
+    "paged_attention",
 ];
 
 impl Op {
@@ -74,6 +84,8 @@ impl Op {
             Op::Argmax => "argmax",
             Op::Cast { .. } => "cast",
             Op::CopyRows { .. } => "copy_rows",
+            Op::ReshapeAndCache => "reshape_and_cache",
+            Op::PagedAttention { .. } => "paged_attention",
         }
     }
 
@@ -83,6 +95,8 @@ impl Op {
             Op::CopyRows { .. } => 1,
             Op::Embedding | Op::Matmul | Op::RmsNorm { .. } | Op::SiluMul | Op::Add | Op::Mul => 2,
             Op::Rope { .. } | Op::Attention { .. } => 3,
+            Op::ReshapeAndCache => 2,
+            Op::PagedAttention { .. } => 6,
         }
     }
 
@@ -230,41 +244,126 @@ impl Op {
                 }
                 Ok((x.shape().to_vec(), *to))
             }
-            Op::CopyRows { .. } => Err(shape_err(name, "copy_rows runs in place")),
+            Op::PagedAttention { .. } => check_paged_attention(inputs),
+            Op::CopyRows { .. } | Op::ReshapeAndCache => {
+                Err(shape_err(name, "runs in place (execute_inplace)"))
+            }
         }
     }
 
-    /// Validates an in-place op against its destination; returns the first destination row
-    /// it writes (the only in-place op is `CopyRows`).
-    pub fn check_inplace(&self, dst: &Tensor, inputs: &[&Tensor]) -> Result<usize> {
+    /// Validates an in-place op against its destination.
+    pub fn check_inplace(&self, dst: &Tensor, inputs: &[&Tensor]) -> Result<()> {
         let name = self.name();
-        let Op::CopyRows { dst_row } = self else {
-            return Err(shape_err(name, "not an in-place op"));
-        };
-        let [src] = inputs else {
-            return Err(shape_err(name, "expects one source tensor"));
-        };
+        if inputs.len() != self.arity() {
+            return Err(shape_err(
+                name,
+                format!("{} inputs, expected {}", inputs.len(), self.arity()),
+            ));
+        }
+        let src = inputs[0];
         if src.dtype() != dst.dtype() {
             return Err(dtype_err(name, src, dst.dtype().name()));
         }
-        if src.rank() == 0 || src.rank() != dst.rank() || src.shape()[1..] != dst.shape()[1..] {
-            return Err(shape_err(
-                name,
-                format!("src {:?} into dst {:?}", src.shape(), dst.shape()),
-            ));
+        match self {
+            Op::CopyRows { dst_row } => {
+                if src.rank() == 0
+                    || src.rank() != dst.rank()
+                    || src.shape()[1..] != dst.shape()[1..]
+                {
+                    return Err(shape_err(
+                        name,
+                        format!("src {:?} into dst {:?}", src.shape(), dst.shape()),
+                    ));
+                }
+                if dst_row + src.shape()[0] > dst.shape()[0] {
+                    return Err(shape_err(
+                        name,
+                        format!(
+                            "rows {dst_row}..{} past the end of dst ({} rows)",
+                            dst_row + src.shape()[0],
+                            dst.shape()[0]
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Op::ReshapeAndCache => {
+                let slots = inputs[1];
+                want_rank(name, "cache", dst, 4)?;
+                want_rank(name, "new", src, 3)?;
+                if slots.dtype() != DType::U32 {
+                    return Err(dtype_err(name, slots, "u32"));
+                }
+                let c = dst.shape();
+                if src.shape()[1] != c[1]
+                    || src.shape()[2] != c[3]
+                    || slots.shape() != [src.shape()[0]]
+                {
+                    return Err(shape_err(
+                        name,
+                        format!(
+                            "new {:?} with slots {:?} into cache {:?}",
+                            src.shape(),
+                            slots.shape(),
+                            c
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            _ => Err(shape_err(name, "not an in-place op")),
         }
-        if dst_row + src.shape()[0] > dst.shape()[0] {
-            return Err(shape_err(
-                name,
-                format!(
-                    "rows {dst_row}..{} past the end of dst ({} rows)",
-                    dst_row + src.shape()[0],
-                    dst.shape()[0]
-                ),
-            ));
-        }
-        Ok(*dst_row)
     }
+}
+
+fn check_paged_attention(inputs: &[&Tensor]) -> Result<(Vec<usize>, DType)> {
+    let name = "paged_attention";
+    let [q, kc, vc, tables, ctx, cu] = inputs else {
+        return Err(shape_err(name, "expects 6 inputs"));
+    };
+    want_f32(name, q)?;
+    want_rank(name, "q", q, 3)?;
+    want_rank(name, "k_cache", kc, 4)?;
+    want_rank(name, "block_tables", tables, 2)?;
+    want_rank(name, "context_lens", ctx, 1)?;
+    want_rank(name, "cu_seqlens", cu, 1)?;
+    want_same(name, kc, vc)?;
+    for t in [tables, ctx, cu] {
+        if t.dtype() != DType::U32 {
+            return Err(dtype_err(name, t, "u32"));
+        }
+    }
+    let (heads, d) = (q.shape()[1], q.shape()[2]);
+    let (kv_heads, cache_d) = (kc.shape()[1], kc.shape()[3]);
+    if kc.shape() != vc.shape() || cache_d != d {
+        return Err(shape_err(
+            name,
+            format!(
+                "q {:?}, k_cache {:?}, v_cache {:?}",
+                q.shape(),
+                kc.shape(),
+                vc.shape()
+            ),
+        ));
+    }
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(shape_err(
+            name,
+            format!("{heads} query heads not a multiple of {kv_heads} kv heads"),
+        ));
+    }
+    let seqs = ctx.shape()[0];
+    if tables.shape()[0] != seqs || cu.shape()[0] != seqs + 1 {
+        return Err(shape_err(
+            name,
+            format!(
+                "{seqs} context lengths, block_tables {:?}, cu_seqlens {:?}",
+                tables.shape(),
+                cu.shape()
+            ),
+        ));
+    }
+    Ok((q.shape().to_vec(), DType::F32))
 }
 
 fn dtype_err(op: &'static str, t: &Tensor, expected: &str) -> EngineError {

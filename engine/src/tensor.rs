@@ -451,6 +451,45 @@ impl Tensor {
     pub fn copy_rows_from(&mut self, dst_row: usize, src: &Tensor) -> Result<()> {
         backend_for(self.device()).execute_inplace(&Op::CopyRows { dst_row }, self, &[src])
     }
+
+    /// Writes `new` [t, kv_heads, d] into this paged cache [num_blocks, kv_heads, block_size,
+    /// d] at `slots` [t] (u32; `u32::MAX` skips a token), in place.
+    pub fn reshape_and_cache(&mut self, new: &Tensor, slots: &Tensor) -> Result<()> {
+        backend_for(self.device()).execute_inplace(&Op::ReshapeAndCache, self, &[new, slots])
+    }
+
+    /// Varlen attention of queries `self` [rows, heads, d] over paged caches; see
+    /// `Op::PagedAttention`.
+    pub fn paged_attention(
+        &self,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        batch: &PagedBatchTensors,
+        scale: f32,
+        causal: bool,
+    ) -> Result<Tensor> {
+        self.apply(
+            Op::PagedAttention { scale, causal },
+            &[
+                k_cache,
+                v_cache,
+                &batch.block_tables,
+                &batch.context_lens,
+                &batch.cu_seqlens,
+            ],
+        )
+    }
+}
+
+/// A batch's paging metadata on the device its attention runs on.
+#[derive(Debug, Clone)]
+pub struct PagedBatchTensors {
+    /// [seqs, max_blocks] u32
+    pub block_tables: Tensor,
+    /// [seqs] u32
+    pub context_lens: Tensor,
+    /// [seqs + 1] u32
+    pub cu_seqlens: Tensor,
 }
 
 fn check_quant_shape(dtype: DType, shape: &[usize]) -> Result<()> {

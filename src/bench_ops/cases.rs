@@ -209,6 +209,20 @@ pub fn traffic(op: &Op, inputs: &[Tensor], dst: Option<&Tensor>) -> Result<(f64,
             (read + out, 4.0 * (heads * d * keys) as f64)
         }
         Op::CopyRows { .. } => (read + out, 0.0),
+        // The new rows are read once and written once; slots are read.
+        Op::ReshapeAndCache => (
+            2.0 * tensor_bytes(&inputs[1]) + tensor_bytes(&inputs[2]),
+            0.0,
+        ),
+        Op::PagedAttention { .. } => {
+            // Lower bound: q, the cache pages the batch touches (at most the whole cache) and
+            // the output; 4 flops per (query, key, dim) over the context lengths given.
+            let q = inputs[0].shape();
+            let keys: f64 = inputs[4].to_vec::<u32>()?.iter().map(|&c| c as f64).sum();
+            let seqs = inputs[4].elem_count().max(1) as f64;
+            let per_seq_rows = q[0] as f64 / seqs;
+            (read + out, 4.0 * (q[1] * q[2]) as f64 * keys * per_seq_rows)
+        }
         Op::RmsNorm { .. }
         | Op::Rope { .. }
         | Op::SiluMul

@@ -22,6 +22,7 @@ impl Backend for CpuBackend {
             Op::Matmul => matches!(dtypes, [DType::F32, w] if w.is_weight()),
             Op::Cast { to } => to.is_float() && dtypes.iter().all(|d| d.is_weight()),
             Op::CopyRows { .. } => true,
+            Op::ReshapeAndCache => matches!(dtypes, [DType::F32 | DType::BF16, DType::U32]),
             _ => dtypes.iter().all(|d| *d == DType::F32 || *d == DType::U32),
         }
     }
@@ -46,7 +47,12 @@ impl Backend for CpuBackend {
     }
 
     fn execute_inplace(&self, op: &Op, dst: &mut Tensor, inputs: &[&Tensor]) -> Result<()> {
-        let dst_row = op.check_inplace(dst, inputs)?;
+        op.check_inplace(dst, inputs)?;
+        let dst_row = match op {
+            Op::CopyRows { dst_row } => *dst_row,
+            Op::ReshapeAndCache => return reshape_and_cache(dst, inputs[0], inputs[1]),
+            _ => return Err(EngineError::Data(format!("{} is not in place", op.name()))),
+        };
         let src = inputs[0].contiguous()?;
         let row_len: usize = dst.shape()[1..].iter().product();
         let start = dst_row * row_len;
@@ -65,6 +71,45 @@ impl Backend for CpuBackend {
             }),
         }
     }
+}
+
+fn reshape_and_cache(cache: &mut Tensor, new: &Tensor, slots: &Tensor) -> Result<()> {
+    let c = cache.shape().to_vec();
+    let shape = k::paged_attention::CacheShape {
+        num_blocks: c[0],
+        num_kv_heads: c[1],
+        block_size: c[2],
+        head_dim: c[3],
+    };
+    let new = new.contiguous()?;
+    let slots = slots.contiguous()?;
+    let slots = slots.as_slice::<u32>()?;
+    let written = match cache.dtype() {
+        DType::F32 => k::paged_attention::reshape_and_cache(
+            new.as_slice::<f32>()?,
+            slots,
+            cache.as_mut_slice()?,
+            shape,
+        ),
+        DType::BF16 => k::paged_attention::reshape_and_cache(
+            new.as_slice::<bf16>()?,
+            slots,
+            cache.as_mut_slice()?,
+            shape,
+        ),
+        other => {
+            return Err(EngineError::DType {
+                op: "reshape_and_cache",
+                got: other,
+                expected: "f32 or bf16".into(),
+            })
+        }
+    };
+    written.map_err(|bad| EngineError::IndexOutOfRange {
+        op: "reshape_and_cache",
+        index: bad as u64,
+        len: shape.num_blocks * shape.block_size,
+    })
 }
 
 fn copy_into<T: crate::dtype::Element>(
@@ -180,7 +225,41 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
             };
             k::attention::attention(x.as_slice()?, kt.as_slice()?, vt.as_slice()?, out, p);
         }
-        Op::Argmax | Op::Cast { .. } | Op::CopyRows { .. } => {
+        Op::PagedAttention { scale, causal } => {
+            let c = inputs[1].shape();
+            let p = k::paged_attention::PagedAttentionParams {
+                num_heads: x.shape()[1],
+                cache: k::paged_attention::CacheShape {
+                    num_blocks: c[0],
+                    num_kv_heads: c[1],
+                    block_size: c[2],
+                    head_dim: c[3],
+                },
+                max_blocks: inputs[3].shape()[1],
+                scale: *scale,
+                causal: *causal,
+            };
+            let batch = k::paged_attention::PagedBatch {
+                block_tables: inputs[3].as_slice()?,
+                context_lens: inputs[4].as_slice()?,
+                cu_seqlens: inputs[5].as_slice()?,
+            };
+            batch
+                .validate(x.shape()[0], &p)
+                .map_err(|m| EngineError::Shape {
+                    op: "paged_attention",
+                    message: m,
+                })?;
+            k::paged_attention::paged_attention(
+                x.as_slice()?,
+                inputs[1].as_slice()?,
+                inputs[2].as_slice()?,
+                out,
+                &batch,
+                p,
+            );
+        }
+        Op::Argmax | Op::Cast { .. } | Op::CopyRows { .. } | Op::ReshapeAndCache => {
             return Err(EngineError::Data(format!(
                 "{} does not produce f32 here",
                 op.name()

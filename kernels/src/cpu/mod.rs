@@ -6,6 +6,7 @@ pub mod binary;
 pub mod cast;
 pub mod embedding;
 pub mod matmul;
+pub mod paged_attention;
 pub mod quant;
 pub mod rmsnorm;
 pub mod rope;

@@ -54,6 +54,8 @@ impl Backend for CudaBackend {
             Op::CopyRows { .. } => dtypes.len() == 2 && dtypes[0] == dtypes[1],
             Op::Attention { .. } => dtypes == [F32, F32, F32],
             Op::Matmul => super::ops_matmul::supports(dtypes),
+            // Paged KV kernels: not written yet (the CPU twin is the reference).
+            Op::ReshapeAndCache | Op::PagedAttention { .. } => false,
         }
     }
 
@@ -73,7 +75,14 @@ impl Backend for CudaBackend {
     }
 
     fn execute_inplace(&self, op: &Op, dst: &mut Tensor, inputs: &[&Tensor]) -> Result<()> {
-        let dst_row = op.check_inplace(dst, inputs)?;
+        op.check_inplace(dst, inputs)?;
+        let Op::CopyRows { dst_row } = *op else {
+            return Err(EngineError::Unsupported {
+                op: op.name(),
+                backend: self.name(),
+                dtypes: vec![dst.dtype()],
+            });
+        };
         let src = inputs[0];
         let dev = same_device(op.name(), &[&*dst, src])?;
         if !dst.is_contiguous() {
@@ -294,11 +303,13 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
             super::ops_attention::attention(dev, *scale, *causal, x, o)
         }
         Op::Matmul => super::ops_matmul::run(dev, &x[0], &x[1], o),
-        Op::CopyRows { .. } => Err(EngineError::Unsupported {
-            op: name,
-            backend: "cuda",
-            dtypes: x.iter().map(|t| t.dtype()).collect(),
-        }),
+        Op::CopyRows { .. } | Op::ReshapeAndCache | Op::PagedAttention { .. } => {
+            Err(EngineError::Unsupported {
+                op: name,
+                backend: "cuda",
+                dtypes: x.iter().map(|t| t.dtype()).collect(),
+            })
+        }
     }
 }
 

@@ -1,0 +1,379 @@
+//! Attention over the paged KV cache, and the write of new K/V into their slots
+//! (`reshape_and_cache`). CPU twins of `cuda/paged_attention.cu`.
+//!
+//! Cache layout: [num_blocks, kv_heads, block_size, head_dim], so the keys of one (page, kv
+//! head) are `block_size * head_dim` contiguous values. A batch is varlen: sequence s owns
+//! query rows `cu_seqlens[s]..cu_seqlens[s + 1]`, has `context_lens[s]` tokens in the cache
+//! (its new ones included) and its pages in row s of `block_tables` ([seqs, max_blocks]).
+//! Query row i of a sequence with q_len new tokens sits at position `context_len - q_len + i`.
+//!
+//! Each (query row, head) pair is computed exactly as `attention.rs` computes it (same dot,
+//! same softmax, same accumulation order), so paged and dense attention agree bit for bit and
+//! a row's result does not depend on the batch around it.
+
+use super::softmax::{softmax_in_place, visible};
+use super::vecops::{axpy, dot};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// A slot value that means "no slot" (padding): its token is not written.
+pub const NO_SLOT: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+pub struct CacheShape {
+    pub num_blocks: usize,
+    pub num_kv_heads: usize,
+    pub block_size: usize,
+    pub head_dim: usize,
+}
+
+impl CacheShape {
+    pub fn len(&self) -> usize {
+        self.num_blocks * self.num_kv_heads * self.block_size * self.head_dim
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Offset of (slot, kv head) in the cache.
+    fn at(&self, slot: usize, kv_head: usize) -> usize {
+        let (block, off) = (slot / self.block_size, slot % self.block_size);
+        ((block * self.num_kv_heads + kv_head) * self.block_size + off) * self.head_dim
+    }
+}
+
+/// Writes `new` ([tokens, kv_heads, head_dim]) into `cache` at `slots` (one per token;
+/// `NO_SLOT` skips). Returns the first slot out of range, if any (nothing is written then).
+pub fn reshape_and_cache<T: Copy>(
+    new: &[T],
+    slots: &[u32],
+    cache: &mut [T],
+    shape: CacheShape,
+) -> Result<(), u32> {
+    let slots_total = (shape.num_blocks * shape.block_size) as u64;
+    if let Some(&bad) = slots
+        .iter()
+        .find(|&&s| s != NO_SLOT && s as u64 >= slots_total)
+    {
+        return Err(bad);
+    }
+    let row = shape.num_kv_heads * shape.head_dim;
+    for (t, &slot) in slots.iter().enumerate() {
+        if slot == NO_SLOT {
+            continue;
+        }
+        for h in 0..shape.num_kv_heads {
+            let src = &new[t * row + h * shape.head_dim..][..shape.head_dim];
+            let at = shape.at(slot as usize, h);
+            cache[at..at + shape.head_dim].copy_from_slice(src);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PagedAttentionParams {
+    pub num_heads: usize,
+    pub cache: CacheShape,
+    /// Columns of `block_tables`.
+    pub max_blocks: usize,
+    pub scale: f32,
+    pub causal: bool,
+}
+
+/// The batch description shared by every (row, head) item.
+pub struct PagedBatch<'a> {
+    pub block_tables: &'a [u32],
+    pub context_lens: &'a [u32],
+    pub cu_seqlens: &'a [u32],
+}
+
+impl PagedBatch<'_> {
+    /// Checks the batch against the cache and the query rows; the message names the problem.
+    pub fn validate(&self, q_rows: usize, p: &PagedAttentionParams) -> Result<(), String> {
+        let seqs = self.context_lens.len();
+        if self.cu_seqlens.len() != seqs + 1 {
+            return Err(format!(
+                "{} cu_seqlens for {seqs} sequences",
+                self.cu_seqlens.len()
+            ));
+        }
+        if self.block_tables.len() != seqs * p.max_blocks {
+            return Err(format!(
+                "block_tables has {} entries, expected {seqs} x {}",
+                self.block_tables.len(),
+                p.max_blocks
+            ));
+        }
+        if self.cu_seqlens[0] != 0 || self.cu_seqlens[seqs] as usize != q_rows {
+            return Err(format!("cu_seqlens must run from 0 to {q_rows}"));
+        }
+        for s in 0..seqs {
+            let (a, b) = (self.cu_seqlens[s], self.cu_seqlens[s + 1]);
+            let ctx = self.context_lens[s] as usize;
+            if b < a || (b - a) as usize > ctx {
+                return Err(format!(
+                    "sequence {s}: {} queries over {ctx} cached tokens",
+                    b.wrapping_sub(a)
+                ));
+            }
+            let pages = ctx.div_ceil(p.cache.block_size);
+            if pages > p.max_blocks {
+                return Err(format!(
+                    "sequence {s}: {ctx} tokens need {pages} pages, table has {}",
+                    p.max_blocks
+                ));
+            }
+            let row = &self.block_tables[s * p.max_blocks..][..pages];
+            if let Some(&bad) = row.iter().find(|&&b| b as usize >= p.cache.num_blocks) {
+                return Err(format!(
+                    "sequence {s}: page {bad} outside the cache ({} pages)",
+                    p.cache.num_blocks
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+const TASK_WORK: usize = 1 << 15;
+
+/// `q`, `out`: [rows, num_heads, head_dim]; `k_cache`, `v_cache` in the cache layout.
+/// The batch must have passed `PagedBatch::validate`.
+pub fn paged_attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    out: &mut [f32],
+    batch: &PagedBatch<'_>,
+    p: PagedAttentionParams,
+) {
+    let c = p.cache;
+    let d = c.head_dim;
+    let heads = p.num_heads;
+    assert!(
+        c.num_kv_heads > 0 && heads.is_multiple_of(c.num_kv_heads),
+        "paged attention: bad GQA ratio"
+    );
+    let rows = *batch.cu_seqlens.last().unwrap_or(&0) as usize;
+    if d == 0 || rows == 0 {
+        return;
+    }
+    let group = heads / c.num_kv_heads;
+    // Sequence of each query row.
+    let mut seq_of = vec![0usize; rows];
+    for s in 0..batch.context_lens.len() {
+        for r in batch.cu_seqlens[s]..batch.cu_seqlens[s + 1] {
+            seq_of[r as usize] = s;
+        }
+    }
+    let item = |idx: usize, o: &mut [f32]| {
+        let (row, h) = (idx / heads, idx % heads);
+        let s = seq_of[row];
+        let start = batch.cu_seqlens[s] as usize;
+        let q_len = batch.cu_seqlens[s + 1] as usize - start;
+        let ctx = batch.context_lens[s] as usize;
+        let table = &batch.block_tables[s * p.max_blocks..][..p.max_blocks];
+        let kvh = h / group;
+        let qv = &q[idx * d..(idx + 1) * d];
+        let seen = if p.causal {
+            visible(row - start, q_len, ctx)
+        } else {
+            ctx
+        };
+        o.fill(0.0);
+        if seen == 0 {
+            return;
+        }
+        let at = |j: usize| {
+            let slot = table[j / c.block_size] as usize * c.block_size + j % c.block_size;
+            c.at(slot, kvh)
+        };
+        SCORES.with(|sc| {
+            let mut sc = sc.borrow_mut();
+            if sc.len() < seen {
+                sc.resize(seen, 0.0);
+            }
+            let scores = &mut sc[..seen];
+            for (j, x) in scores.iter_mut().enumerate() {
+                *x = dot(qv, &k_cache[at(j)..][..d]) * p.scale;
+            }
+            softmax_in_place(scores);
+            for (j, &pj) in scores.iter().enumerate() {
+                axpy(o, pj, &v_cache[at(j)..][..d]);
+            }
+        });
+    };
+    let out = &mut out[..rows * heads * d];
+    let avg_ctx = batch
+        .context_lens
+        .iter()
+        .map(|&c| c as usize)
+        .sum::<usize>()
+        / batch.context_lens.len().max(1);
+    let work = rows * heads * avg_ctx * d;
+    if work < 2 * TASK_WORK || rows * heads == 1 {
+        for (idx, o) in out.chunks_exact_mut(d).enumerate() {
+            item(idx, o);
+        }
+    } else {
+        let min_len = (TASK_WORK / (avg_ctx * d).max(1)).max(1);
+        out.par_chunks_exact_mut(d)
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each(|(idx, o)| item(idx, o));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::attention::{attention, AttentionParams};
+    use super::*;
+    use crate::cpu::testutil::{seed, Rng};
+
+    /// Random batch: per sequence (new tokens, cached before), pages shuffled over the pool,
+    /// partial last pages. Paged attention must equal dense attention bit for bit.
+    #[test]
+    fn paged_equals_dense_with_random_tables() {
+        let s = seed(0xa77e_0001);
+        let mut rng = Rng::new(s);
+        for &(heads, kv_heads, d, bs, causal) in &[
+            (4, 2, 32, 16, true),
+            (6, 6, 16, 1, true),
+            (8, 1, 64, 5, true),
+            (3, 3, 8, 4, false),
+        ] {
+            let seqs: Vec<(usize, usize)> = vec![(1, 0), (7, 9), (1, 40), (33, 0), (3, 17)];
+            let num_blocks = 128;
+            let cache = CacheShape {
+                num_blocks,
+                num_kv_heads: kv_heads,
+                block_size: bs,
+                head_dim: d,
+            };
+            let mut perm: Vec<u32> = (0..num_blocks as u32).collect();
+            for i in (1..perm.len()).rev() {
+                perm.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+            }
+            let mut k_cache = vec![f32::NAN; cache.len()];
+            let mut v_cache = vec![f32::NAN; cache.len()];
+            let max_blocks = seqs
+                .iter()
+                .map(|&(n, c)| (n + c).div_ceil(bs))
+                .max()
+                .unwrap();
+            let mut tables = vec![0u32; seqs.len() * max_blocks];
+            let (mut cu, mut ctx_lens, mut q_all) = (vec![0u32], vec![], vec![]);
+            let mut dense = Vec::new();
+            let mut next_page = 0;
+            for (si, &(new, cached)) in seqs.iter().enumerate() {
+                let ctx = new + cached;
+                let pages = ctx.div_ceil(bs);
+                for pg in 0..pages {
+                    tables[si * max_blocks + pg] = perm[next_page];
+                    next_page += 1;
+                }
+                let k = rng.vec(ctx * kv_heads * d);
+                let v = rng.vec(ctx * kv_heads * d);
+                let slots: Vec<u32> = (0..ctx)
+                    .map(|j| tables[si * max_blocks + j / bs] * bs as u32 + (j % bs) as u32)
+                    .collect();
+                reshape_and_cache(&k, &slots, &mut k_cache, cache).unwrap();
+                reshape_and_cache(&v, &slots, &mut v_cache, cache).unwrap();
+                let q = rng.vec(new * heads * d);
+                let mut o = vec![0f32; q.len()];
+                let dp = AttentionParams {
+                    q_len: new,
+                    kv_len: ctx,
+                    num_heads: heads,
+                    num_kv_heads: kv_heads,
+                    head_dim: d,
+                    scale: 0.3,
+                    causal,
+                };
+                attention(&q, &k, &v, &mut o, dp);
+                dense.extend(o);
+                q_all.extend(q);
+                cu.push(cu.last().unwrap() + new as u32);
+                ctx_lens.push(ctx as u32);
+            }
+            let batch = PagedBatch {
+                block_tables: &tables,
+                context_lens: &ctx_lens,
+                cu_seqlens: &cu,
+            };
+            let p = PagedAttentionParams {
+                num_heads: heads,
+                cache,
+                max_blocks,
+                scale: 0.3,
+                causal,
+            };
+            batch.validate(q_all.len() / (heads * d), &p).unwrap();
+            let mut out = vec![f32::NAN; q_all.len()];
+            paged_attention(&q_all, &k_cache, &v_cache, &mut out, &batch, p);
+            assert!(out.iter().all(|x| x.is_finite()), "seed {s:#x}: NaN");
+            assert_eq!(
+                out, dense,
+                "seed {s:#x}: paged != dense for h={heads}/{kv_heads} d={d} bs={bs}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_batches_are_named() {
+        let cache = CacheShape {
+            num_blocks: 2,
+            num_kv_heads: 1,
+            block_size: 4,
+            head_dim: 2,
+        };
+        let p = PagedAttentionParams {
+            num_heads: 1,
+            cache,
+            max_blocks: 2,
+            scale: 1.0,
+            causal: true,
+        };
+        let ok = PagedBatch {
+            block_tables: &[0, 1],
+            context_lens: &[5],
+            cu_seqlens: &[0, 2],
+        };
+        ok.validate(2, &p).unwrap();
+        let bad_page = PagedBatch {
+            block_tables: &[0, 7],
+            context_lens: &[5],
+            cu_seqlens: &[0, 2],
+        };
+        assert!(bad_page.validate(2, &p).unwrap_err().contains("page 7"));
+        let too_long = PagedBatch {
+            block_tables: &[0, 1],
+            context_lens: &[9],
+            cu_seqlens: &[0, 2],
+        };
+        assert!(too_long
+            .validate(2, &p)
+            .unwrap_err()
+            .contains("need 3 pages"));
+        let more_q = PagedBatch {
+            block_tables: &[0, 1],
+            context_lens: &[1],
+            cu_seqlens: &[0, 2],
+        };
+        assert!(more_q.validate(2, &p).is_err());
+        let mut cache_buf = vec![0f32; cache.len()];
+        assert_eq!(
+            reshape_and_cache(&[1.0, 2.0], &[8], &mut cache_buf, cache),
+            Err(8)
+        );
+        reshape_and_cache(&[1.0, 2.0], &[NO_SLOT], &mut cache_buf, cache).unwrap();
+        reshape_and_cache(&[1.0, 2.0], &[5], &mut cache_buf, cache).unwrap();
+        assert_eq!(&cache_buf[10..12], &[1.0, 2.0]);
+    }
+}
