@@ -4,7 +4,9 @@
 //! validated once by `Op::check` and run by the tensor's device backend.
 
 pub mod backend;
+pub mod batch;
 pub mod dtype;
+pub mod engine_thread;
 pub mod error;
 pub mod kv_cache;
 pub mod layout;

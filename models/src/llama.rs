@@ -3,6 +3,8 @@
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use kiln_engine::batch::ForwardBatch;
+use kiln_engine::kv_cache::{KvLayout, PagedKvStore};
 use kiln_engine::op::RopeStyle;
 use kiln_engine::{DType, Device, Op, Tensor};
 
@@ -272,24 +274,96 @@ impl LlamaModel {
                 c.max_position_embeddings
             )));
         }
-        let ids = Tensor::from_slice(tokens, &[t])?.to_device(self.device)?;
         let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        let positions = Tensor::from_vec(positions, &[t])?.to_device(self.device)?;
-        let mut x = self.embed_tokens.embedding(&ids)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.decoder_layer(layer, &x, &positions, cache, i)?;
-        }
+        let scale = self.attention_scale();
+        let x = self.hidden_states(tokens, &positions, &mut |i, q, k, v| {
+            cache.k[i].copy_rows_from(start, &k)?;
+            cache.v[i].copy_rows_from(start, &v)?;
+            let keys = cache.k[i].narrow(0, 0, start + t)?;
+            let values = cache.v[i].narrow(0, 0, start + t)?;
+            Ok(q.attention(&keys, &values, scale, true)?)
+        })?;
         cache.len = start + t;
         let x = match logits {
             Logits::All => x,
             Logits::Last => x.narrow(0, t - 1, 1)?,
         };
-        let h = x.rms_norm(&self.norm, c.rms_norm_eps as f32)?;
-        let out = h.matmul_t(&self.lm_head)?;
+        let out = self.logits(&x)?;
         Ok(match logits {
             Logits::All => out,
             Logits::Last => out.reshape(&[c.vocab_size])?,
         })
+    }
+
+    /// The K/V page layout this model needs.
+    pub fn kv_layout(&self, block_size: usize, dtype: DType) -> KvLayout {
+        let c = &self.config;
+        KvLayout {
+            num_layers: c.num_hidden_layers,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            block_size,
+            dtype,
+        }
+    }
+
+    /// One continuous-batching step: every sequence's new tokens, keys and values written to
+    /// their slots in `kv`, attention over each sequence's pages. Returns the logits
+    /// [batch.logits_rows.len(), vocab] of the rows that sample.
+    pub fn forward_batch(&self, batch: &ForwardBatch, kv: &mut PagedKvStore) -> Result<Tensor> {
+        if batch.num_tokens() == 0 {
+            return Err(ModelError::InvalidInput("forward of zero tokens".into()));
+        }
+        if let Some(&p) = batch.positions.iter().max() {
+            if p as usize >= self.config.max_position_embeddings {
+                return Err(ModelError::InvalidInput(format!(
+                    "position {p} is past the context window ({})",
+                    self.config.max_position_embeddings
+                )));
+            }
+        }
+        kv.copy_blocks(&batch.copies)?;
+        let meta = batch.paged_tensors(self.device)?;
+        let slots = Tensor::from_slice(&batch.slot_mapping, &[batch.num_tokens()])?
+            .to_device(self.device)?;
+        let scale = self.attention_scale();
+        let x = self.hidden_states(&batch.tokens, &batch.positions, &mut |i, q, k, v| {
+            let (kc, vc) = kv.layer_mut(i);
+            kc.reshape_and_cache(&k, &slots)?;
+            vc.reshape_and_cache(&v, &slots)?;
+            Ok(q.paged_attention(kc, vc, &meta, scale, true)?)
+        })?;
+        let rows = Tensor::from_slice(&batch.logits_rows, &[batch.logits_rows.len()])?
+            .to_device(self.device)?;
+        self.logits(&x.embedding(&rows)?)
+    }
+
+    fn attention_scale(&self) -> f32 {
+        1.0 / (self.config.head_dim as f32).sqrt()
+    }
+
+    /// Final norm and LM head.
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let h = x.rms_norm(&self.norm, self.config.rms_norm_eps as f32)?;
+        Ok(h.matmul_t(&self.lm_head)?)
+    }
+
+    /// The decoder stack over `tokens` at `positions`; `attend(layer, q, k, v)` stores the new
+    /// keys and values wherever this forward keeps them and returns attention [t, heads, d].
+    fn hidden_states(
+        &self,
+        tokens: &[u32],
+        positions: &[u32],
+        attend: &mut Attend<'_>,
+    ) -> Result<Tensor> {
+        let t = tokens.len();
+        let ids = Tensor::from_slice(tokens, &[t])?.to_device(self.device)?;
+        let positions = Tensor::from_slice(positions, &[t])?.to_device(self.device)?;
+        let mut x = self.embed_tokens.embedding(&ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.decoder_layer(layer, &x, &positions, &mut |q, k, v| attend(i, q, k, v))?;
+        }
+        Ok(x)
     }
 
     fn decoder_layer(
@@ -297,12 +371,11 @@ impl LlamaModel {
         layer: &DecoderLayer,
         x: &Tensor,
         positions: &Tensor,
-        cache: &mut KvCache,
-        index: usize,
+        attend: &mut dyn FnMut(Tensor, Tensor, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
         let h = x.rms_norm(&layer.input_layernorm, eps)?;
-        let attn = self.self_attention(&layer.self_attn, &h, positions, cache, index)?;
+        let attn = self.self_attention(&layer.self_attn, &h, positions, attend)?;
         let x = x.add(&attn)?;
         let h = x.rms_norm(&layer.post_attention_layernorm, eps)?;
         let m = &layer.mlp;
@@ -317,8 +390,7 @@ impl LlamaModel {
         a: &Attention,
         h: &Tensor,
         positions: &Tensor,
-        cache: &mut KvCache,
-        index: usize,
+        attend: &mut dyn FnMut(Tensor, Tensor, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let t = h.dim(0)?;
@@ -327,13 +399,10 @@ impl LlamaModel {
         let q = rope(h.matmul_t(&a.q_proj)?.reshape(&[t, heads, d])?)?;
         let k = rope(h.matmul_t(&a.k_proj)?.reshape(&[t, kv_heads, d])?)?;
         let v = h.matmul_t(&a.v_proj)?.reshape(&[t, kv_heads, d])?;
-        let start = cache.len;
-        cache.k[index].copy_rows_from(start, &k)?;
-        cache.v[index].copy_rows_from(start, &v)?;
-        let keys = cache.k[index].narrow(0, 0, start + t)?;
-        let values = cache.v[index].narrow(0, 0, start + t)?;
-        let scale = 1.0 / (d as f32).sqrt();
-        let out = q.attention(&keys, &values, scale, true)?;
+        let out = attend(q, k, v)?;
         Ok(out.reshape(&[t, heads * d])?.matmul_t(&a.o_proj)?)
     }
 }
+
+/// Stores layer `i`'s new keys and values and attends: (i, q, k, v) -> [t, heads, d].
+type Attend<'a> = dyn FnMut(usize, Tensor, Tensor, Tensor) -> Result<Tensor> + 'a;

@@ -8,11 +8,13 @@
 
 mod manager;
 mod pool;
+mod store;
 #[cfg(test)]
 mod tests;
 
 pub use manager::{Allocation, KvCacheManager, PrefixHit, SeqId};
 pub use pool::{BlockHash, BlockId, BlockPool};
+pub use store::{KvLayout, PagedKvStore};
 
 /// The default page size in tokens.
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
