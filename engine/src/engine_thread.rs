@@ -420,11 +420,13 @@ impl Worker {
     fn end(&mut self, id: u64, last: Option<Event>) {
         self.scheduler.finish(id);
         if let Some(a) = self.requests.remove(&id) {
+            // Books first, so a caller that saw the final event sees the pages returned.
+            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.stats.finished += 1;
+            self.publish();
             if let Some(e) = last {
                 let _ = a.events.send(e);
             }
-            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-            self.stats.finished += 1;
         }
     }
 

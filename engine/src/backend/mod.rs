@@ -71,6 +71,17 @@ impl Device {
             Device::Cuda(_) => Err(no_cuda()),
         }
     }
+
+    /// (free, total) bytes of device memory; `None` for the CPU (host memory is not budgeted).
+    pub fn memory_info(&self) -> Result<Option<(usize, usize)>> {
+        match self {
+            Device::Cpu => Ok(None),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => cuda::memory_info(*n).map(Some),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(no_cuda()),
+        }
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
