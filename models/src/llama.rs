@@ -67,13 +67,16 @@ pub struct LlamaModel {
     device: Device,
 }
 
-/// Per-layer key/value cache of one sequence: [capacity, kv_heads, head_dim] f32 each.
+/// The key/value pages of one sequence (`forward`): a paged store whose page table is simply
+/// 0, 1, 2, ... so that single-sequence generation runs the same batched forward path.
 pub struct KvCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    store: PagedKvStore,
     len: usize,
     capacity: usize,
 }
+
+/// Page size of single-sequence caches.
+const SINGLE_SEQ_BLOCK: usize = 16;
 
 impl KvCache {
     pub fn len(&self) -> usize {
@@ -91,6 +94,27 @@ impl KvCache {
     /// Forgets everything (keeps the memory).
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+
+    /// The one-sequence batch that appends `tokens` after what the cache holds.
+    fn batch(&self, tokens: &[u32], logits: Logits) -> ForwardBatch {
+        let (start, t) = (self.len, tokens.len());
+        let end = start + t;
+        let pages = end.div_ceil(SINGLE_SEQ_BLOCK);
+        ForwardBatch {
+            tokens: tokens.to_vec(),
+            positions: (start as u32..end as u32).collect(),
+            slot_mapping: (start as u32..end as u32).collect(),
+            cu_seqlens: vec![0, t as u32],
+            context_lens: vec![end as u32],
+            block_tables: (0..pages as u32).collect(),
+            max_blocks: pages,
+            logits_rows: match logits {
+                Logits::Last => vec![t as u32 - 1],
+                Logits::All => (0..t as u32).collect(),
+            },
+            copies: Vec::new(),
+        }
     }
 }
 
@@ -242,17 +266,11 @@ impl LlamaModel {
 
     /// A cache for up to `capacity` tokens (clamped to the context window).
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        let c = &self.config;
-        let capacity = capacity.min(c.max_position_embeddings).max(1);
-        let shape = [capacity, c.num_key_value_heads, c.head_dim];
-        let make = || Tensor::zeros(&shape, DType::F32, self.device);
+        let capacity = capacity.min(self.config.max_position_embeddings).max(1);
+        let layout = self.kv_layout(SINGLE_SEQ_BLOCK, DType::F32);
+        let store = PagedKvStore::new(layout, capacity.div_ceil(SINGLE_SEQ_BLOCK), self.device)?;
         Ok(KvCache {
-            k: (0..c.num_hidden_layers)
-                .map(|_| make())
-                .collect::<Result<_, _>>()?,
-            v: (0..c.num_hidden_layers)
-                .map(|_| make())
-                .collect::<Result<_, _>>()?,
+            store,
             len: 0,
             capacity,
         })
@@ -260,38 +278,24 @@ impl LlamaModel {
 
     /// Runs `tokens` after what `cache` already holds and appends their keys and values.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
-        let c = &self.config;
         let t = tokens.len();
         if t == 0 {
             return Err(ModelError::InvalidInput("forward of zero tokens".into()));
         }
-        let start = cache.len;
-        if start + t > cache.capacity {
+        if cache.len + t > cache.capacity {
             return Err(ModelError::InvalidInput(format!(
                 "{} tokens exceed the KV cache of {} (context window {})",
-                start + t,
+                cache.len + t,
                 cache.capacity,
-                c.max_position_embeddings
+                self.config.max_position_embeddings
             )));
         }
-        let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        let scale = self.attention_scale();
-        let x = self.hidden_states(tokens, &positions, &mut |i, q, k, v| {
-            cache.k[i].copy_rows_from(start, &k)?;
-            cache.v[i].copy_rows_from(start, &v)?;
-            let keys = cache.k[i].narrow(0, 0, start + t)?;
-            let values = cache.v[i].narrow(0, 0, start + t)?;
-            Ok(q.attention(&keys, &values, scale, true)?)
-        })?;
-        cache.len = start + t;
-        let x = match logits {
-            Logits::All => x,
-            Logits::Last => x.narrow(0, t - 1, 1)?,
-        };
-        let out = self.logits(&x)?;
+        let batch = cache.batch(tokens, logits);
+        let out = self.forward_batch(&batch, &mut cache.store)?;
+        cache.len += t;
         Ok(match logits {
             Logits::All => out,
-            Logits::Last => out.reshape(&[c.vocab_size])?,
+            Logits::Last => out.reshape(&[self.config.vocab_size])?,
         })
     }
 
