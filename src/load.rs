@@ -6,7 +6,7 @@ use clap::Args;
 use kiln_engine::{DType, Device};
 use kiln_models::catalog::{self, Task};
 use kiln_models::llama::LoadOptions;
-use kiln_models::resolve::{self, ModelSource, ResolveOptions};
+use kiln_models::resolve::{self, ResolveOptions};
 use kiln_models::text::TextModel;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -80,15 +80,11 @@ pub fn load_text_model(args: &ModelArgs) -> Result<TextModel> {
                 args.model
             )
         })?;
-        let config = entry
-            .llama_config()
-            .with_context(|| format!("{} is not a Llama-family text model", entry.name))?;
         eprintln!(
-            "kiln: building {} with random weights (seed {}, {} layers)",
-            entry.name, args.weights_seed, config.num_hidden_layers
+            "kiln: building {} with random weights (seed {})",
+            entry.name, args.weights_seed
         );
-        let tokenizer = kiln_models::random::byte_level_tokenizer(config.vocab_size)?;
-        TextModel::random(config, tokenizer, None, args.weights_seed, opts)?
+        TextModel::random_for(entry, args.weights_seed, opts)?
     } else {
         let resolved = resolve::resolve(&args.model, &resolve_options(args.models.clone()))?;
         if let Some(entry) = resolved.entry {
@@ -100,16 +96,8 @@ pub fn load_text_model(args: &ModelArgs) -> Result<TextModel> {
                 );
             }
         }
-        match &resolved.source {
-            ModelSource::HfDir(dir) => {
-                eprintln!("kiln: loading {}", dir.display());
-                TextModel::from_hf_dir(dir, opts)?
-            }
-            ModelSource::Gguf(path) => {
-                eprintln!("kiln: loading {} (dequantizing)", path.display());
-                TextModel::from_gguf(path, opts)?
-            }
-        }
+        eprintln!("kiln: loading {}", resolved.source.path().display());
+        TextModel::load(&resolved.source, opts)?
     };
     eprintln!(
         "kiln: loaded {} MB of weights in {:.2}s",

@@ -1,12 +1,14 @@
 //! Text generation: a Llama-family model with its tokenizer, chat template and eos ids, and
 //! the prefill + decode loop with sampling and streaming detokenisation.
 
+use crate::catalog::CatalogEntry;
 use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::config::LlamaConfig;
 use crate::detok::IncrementalDecoder;
 use crate::error::{ModelError, Result};
 use crate::gguf::{self, GgufFile};
 use crate::llama::{LlamaModel, LoadOptions, Logits};
+use crate::resolve::ModelSource;
 use crate::tokenizer::Tokenizer;
 use crate::weights::SafetensorsWeights;
 use kiln_engine::sampler::{Sampler, SamplingParams};
@@ -122,6 +124,23 @@ impl TextModel {
         let src = crate::random::RandomLlamaWeights::new(config.clone(), seed);
         let model = LlamaModel::load(&src, config, opts)?;
         Ok(Self::assemble(model, tokenizer, chat_template))
+    }
+
+    /// A resolved model's files (an HF directory or a GGUF).
+    pub fn load(source: &ModelSource, opts: LoadOptions) -> Result<Self> {
+        match source {
+            ModelSource::HfDir(dir) => Self::from_hf_dir(dir, opts),
+            ModelSource::Gguf(path) => Self::from_gguf(path, opts),
+        }
+    }
+
+    /// A catalog model's real shape with seeded random weights and a byte-level tokenizer.
+    pub fn random_for(entry: &CatalogEntry, seed: u64, opts: LoadOptions) -> Result<Self> {
+        let config = entry.llama_config().ok_or_else(|| {
+            ModelError::InvalidInput(format!("{} is not a Llama-family text model", entry.name))
+        })?;
+        let tokenizer = crate::random::byte_level_tokenizer(config.vocab_size)?;
+        Self::random(config, tokenizer, None, seed, opts)
     }
 
     fn assemble(
