@@ -4,6 +4,7 @@ mod bench;
 mod bench_ops;
 mod load;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Time every op of the engine's op set on one device (GB/s, TFLOP/s).
     BenchOps(bench_ops::BenchOpsArgs),
+    /// Serve the Workers AI run API and OpenAI-compatible routes over HTTP.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Models(args) => load::list_models(args),
         Command::Bench(args) => bench::bench(args),
         Command::BenchOps(args) => bench_ops::bench_ops(args),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -78,14 +78,3 @@ pub fn opt_u64(f: &Fields<'_>, name: &str) -> Result<Option<u64>, RunError> {
         ))),
     }
 }
-
-pub fn opt_str<'a>(f: &Fields<'a>, name: &str) -> Result<Option<&'a str>, RunError> {
-    match f.get(name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(RunError::bad_input(format!(
-            "{name}: expected a string, got {}",
-            kind(v)
-        ))),
-    }
-}
