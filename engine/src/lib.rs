@@ -7,6 +7,7 @@ pub mod backend;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod memory;
 pub mod op;
 pub mod profile;
 pub mod sampler;
