@@ -201,33 +201,17 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
             )
         }
         Op::Gelu { .. } | Op::QuickGelu => {
-            let kernel = match (op, bf) {
-                (
-                    Op::Gelu {
-                        approx: GeluApprox::Erf,
-                    },
-                    false,
-                ) => "kiln_gelu_erf_f32",
-                (
-                    Op::Gelu {
-                        approx: GeluApprox::Erf,
-                    },
-                    true,
-                ) => "kiln_gelu_erf_bf16",
-                (
-                    Op::Gelu {
-                        approx: GeluApprox::Tanh,
-                    },
-                    false,
-                ) => "kiln_gelu_tanh_f32",
-                (
-                    Op::Gelu {
-                        approx: GeluApprox::Tanh,
-                    },
-                    true,
-                ) => "kiln_gelu_tanh_bf16",
-                (_, false) => "kiln_quick_gelu_f32",
-                (_, true) => "kiln_quick_gelu_bf16",
+            let approx = match op {
+                Op::Gelu { approx } => Some(*approx),
+                _ => None,
+            };
+            let kernel = match (approx, bf) {
+                (Some(GeluApprox::Erf), false) => "kiln_gelu_erf_f32",
+                (Some(GeluApprox::Erf), true) => "kiln_gelu_erf_bf16",
+                (Some(GeluApprox::Tanh), false) => "kiln_gelu_tanh_f32",
+                (Some(GeluApprox::Tanh), true) => "kiln_gelu_tanh_bf16",
+                (None, false) => "kiln_quick_gelu_f32",
+                (None, true) => "kiln_quick_gelu_bf16",
             };
             let params = p::UnaryParams {
                 x: ptr(&x[0])?,
