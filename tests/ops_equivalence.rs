@@ -12,7 +12,7 @@
 
 use half::{bf16, f16};
 use kiln_engine::backend::{backend_for, cuda};
-use kiln_engine::op::{Op, RopeStyle, ALL_OPS};
+use kiln_engine::op::{GeluApprox, Op, RopeStyle, ALL_OPS};
 use kiln_engine::{DType, Device, Tensor};
 
 const SEED: u64 = 0x6b69_6c6e_2026;
@@ -121,6 +121,12 @@ fn representatives() -> Vec<Op> {
             attention_scaling: 1.0,
         },
         Op::SiluMul,
+        Op::LayerNorm { eps: 1e-5 },
+        Op::Gelu {
+            approx: GeluApprox::Erf,
+        },
+        Op::QuickGelu,
+        Op::AddRmsNorm { eps: 1e-6 },
         Op::Softmax {
             scale: 1.0,
             causal: false,
@@ -170,6 +176,59 @@ fn cases_for(op: &Op) -> Vec<Case> {
                 }
                 let x = inp(&[7, 32], d).view(View::Narrow(1));
                 v.push(case(op.clone(), vec![x, inp(&[32], d)], reduction_tol(d)));
+            }
+        }
+        Op::Gelu { .. } | Op::QuickGelu => {
+            let ops = match op {
+                Op::QuickGelu => vec![Op::QuickGelu],
+                _ => [GeluApprox::Erf, GeluApprox::Tanh]
+                    .map(|approx| Op::Gelu { approx })
+                    .to_vec(),
+            };
+            for g in ops {
+                for d in [F32, BF16] {
+                    let shapes: &[&[usize]] = &[&[1], &[31], &[32], &[33], &[7, 33], &[4096, 4096]];
+                    let mut specs: Vec<Input> = shapes.iter().map(|s| inp(s, d)).collect();
+                    specs.push(inp(&[33, 31], d).view(View::Transpose(0, 1)));
+                    specs.push(inp(&[32, 31], d).view(View::Narrow(1)));
+                    for x in specs {
+                        v.push(case(g.clone(), vec![x], elementwise_tol(d)));
+                    }
+                }
+            }
+        }
+        Op::LayerNorm { .. } | Op::AddRmsNorm { .. } => {
+            // Rows in registers (<= 4 packs a thread), rows re-read past that (40000 columns
+            // need more than 1024 threads x 4 packs), odd widths (the scalar path).
+            let layer = matches!(op, Op::LayerNorm { .. });
+            let shapes: &[[usize; 2]] = &[
+                [1, 1],
+                [1, 32],
+                [31, 33],
+                [32, 4096],
+                [33, 31],
+                [3, 40000],
+                [4096, 4096],
+            ];
+            for d in [F32, BF16] {
+                for s in shapes {
+                    let (x, w) = (inp(s, d), inp(&s[1..], d));
+                    let second = if layer { inp(&s[1..], d) } else { inp(s, d) };
+                    let inputs = if layer {
+                        vec![x, w, second]
+                    } else {
+                        vec![x, second, w]
+                    };
+                    v.push(case(op.clone(), inputs, reduction_tol(d)));
+                }
+                let x = inp(&[7, 32], d).view(View::Narrow(1));
+                let inputs = if layer {
+                    vec![x, inp(&[32], d), inp(&[32], d)]
+                } else {
+                    let r = inp(&[32, 7], d).view(View::Transpose(0, 1));
+                    vec![x, r, inp(&[32], d)]
+                };
+                v.push(case(op.clone(), inputs, reduction_tol(d)));
             }
         }
         Op::Rope { .. } => {
@@ -547,6 +606,7 @@ fn describe(c: &Case) -> String {
         Op::Softmax { scale, causal } => format!(" scale={scale} causal={causal}"),
         Op::Cast { to } => format!(" ->{to}"),
         Op::CopyRows { dst_row } => format!(" at={dst_row}"),
+        Op::Gelu { approx } => format!(" {approx:?}"),
         _ => String::new(),
     };
     format!("{}{params}", ins.join(", "))
@@ -643,6 +703,136 @@ fn cuda_matches_cpu() {
     assert_eq!(
         fail, 0,
         "{fail} equivalence case(s) failed (see the table above)"
+    );
+    if gpu.is_ok() {
+        assert!(pass > 0, "a GPU is present but no case ran");
+    }
+}
+
+/// A tensor of `dtype` with random bits-level content (any value, NaN patterns included for
+/// the float types: the copy moves bits and the comparison is on bytes).
+fn random_tensor(dtype: DType, shape: &[usize], rng: &mut Rng) -> Result<Tensor, String> {
+    let n: usize = shape.iter().product();
+    let e = |e: kiln_engine::EngineError| e.to_string();
+    let words: Vec<u32> = (0..n).map(|_| rng.next() as u32).collect();
+    let t = match dtype {
+        DType::F32 => Tensor::from_vec(words.iter().map(|&w| f32::from_bits(w)).collect(), shape),
+        DType::BF16 => Tensor::from_vec(
+            words.iter().map(|&w| bf16::from_bits(w as u16)).collect(),
+            shape,
+        ),
+        DType::F16 => Tensor::from_vec(
+            words.iter().map(|&w| f16::from_bits(w as u16)).collect(),
+            shape,
+        ),
+        DType::I32 => Tensor::from_vec(words.iter().map(|&w| w as i32).collect(), shape),
+        DType::U8 => Tensor::from_vec(words.iter().map(|&w| w as u8).collect(), shape),
+        _ => Tensor::from_vec(words, shape),
+    };
+    t.map_err(e)
+}
+
+/// `Tensor::contiguous` of strided CUDA views (the `kiln_copy_strided_*` kernels, and the
+/// 2D-memcpy gather for views of more than 6 dims after collapsing) against the CPU copy of
+/// the same view: bytes must match exactly and the guard regions stay untouched.
+#[test]
+fn cuda_contiguous_matches_cpu() {
+    type ViewFn = fn(&Tensor) -> kiln_engine::Result<Tensor>;
+    let views: Vec<(&str, Vec<usize>, ViewFn)> = vec![
+        ("T01", vec![33, 31], |t| t.transpose(0, 1)),
+        ("narrow1", vec![32, 36], |t| t.narrow(1, 3, 29)),
+        ("narrow1 T01", vec![31, 40], |t| {
+            t.narrow(1, 1, 32)?.transpose(0, 1)
+        }),
+        ("T02", vec![4, 5, 6], |t| t.transpose(0, 2)),
+        ("T01 T12", vec![3, 4, 5, 6], |t| {
+            t.transpose(0, 1)?.transpose(1, 2)
+        }),
+        ("one element", vec![5, 7], |t| {
+            t.narrow(0, 2, 1)?.narrow(1, 3, 1)
+        }),
+        ("empty", vec![5, 7], |t| t.narrow(1, 2, 0)),
+        ("rank 6", vec![2, 3, 2, 3, 2, 3], |t| {
+            t.transpose(0, 1)?.transpose(2, 3)?.transpose(4, 5)
+        }),
+        // Reversed dims: nothing merges, 7 dims -> the memcpy fallback.
+        ("rank 7 reversed", vec![2, 3, 2, 3, 2, 3, 2], |t| {
+            t.transpose(0, 6)?.transpose(1, 5)?.transpose(2, 4)
+        }),
+        ("large T01", vec![4096, 4096], |t| t.transpose(0, 1)),
+        ("large narrow", vec![2048, 4097], |t| t.narrow(1, 1, 4093)),
+    ];
+    let gpu = match cuda::device_count() {
+        Ok(0) => Err("no CUDA device: the driver reports 0 devices".to_string()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let allow_no_gpu = std::env::var("KILN_ALLOW_NO_GPU").is_ok_and(|v| v == "1");
+    if let Err(why) = &gpu {
+        assert!(
+            allow_no_gpu,
+            "ops_equivalence needs a CUDA GPU: {why}\n(set KILN_ALLOW_NO_GPU=1 to report SKIP instead)"
+        );
+    } else {
+        cuda::set_guard_bytes(4096);
+        cuda::set_sync_launches(true);
+    }
+    let seed = SEED ^ 0xc0b1;
+    println!("contiguous: seed {seed:#x} (case k uses seed + k)");
+    let (mut pass, mut fail, mut skip) = (0, 0, 0);
+    let mut k = 0u64;
+    for dtype in [F32, BF16, F16, DType::I32, DType::U32, DType::U8] {
+        for (name, base, view) in &views {
+            let run = || -> Result<Outcome, String> {
+                let e = |e: kiln_engine::EngineError| e.to_string();
+                let mut rng = Rng(seed + k);
+                let host = random_tensor(dtype, base, &mut rng)?;
+                let want = view(&host).map_err(e)?.contiguous().map_err(e)?;
+                let dev_view = view(&host.to_device(CUDA).map_err(e)?).map_err(e)?;
+                let got = dev_view.contiguous().map_err(e)?;
+                if !got.is_contiguous() || got.device() != CUDA || got.shape() != want.shape() {
+                    return Ok(Outcome::Fail(format!("got {got:?}, want {want:?}")));
+                }
+                if let Err(g) = cuda::check_guards(&got) {
+                    return Ok(Outcome::Fail(g.to_string()));
+                }
+                let got = got.to_device(Device::Cpu).map_err(e)?;
+                let (g, w) = (got.raw_bytes().map_err(e)?, want.raw_bytes().map_err(e)?);
+                Ok(match g.iter().zip(w).position(|(a, b)| a != b) {
+                    _ if g.len() != w.len() => {
+                        Outcome::Fail(format!("{} bytes, want {}", g.len(), w.len()))
+                    }
+                    Some(i) => Outcome::Fail(format!("first differing byte {i} of {}", w.len())),
+                    None => Outcome::Pass(format!("exact, {} bytes", w.len())),
+                })
+            };
+            let outcome = match &gpu {
+                Err(why) => Outcome::Skip(format!("no GPU: {why}")),
+                Ok(()) => run().unwrap_or_else(Outcome::Fail),
+            };
+            let (tag, detail) = match outcome {
+                Outcome::Pass(d) => {
+                    pass += 1;
+                    ("PASS", d)
+                }
+                Outcome::Fail(d) => {
+                    fail += 1;
+                    ("FAIL", d)
+                }
+                Outcome::Skip(d) => {
+                    skip += 1;
+                    ("SKIP", d)
+                }
+            };
+            let what = format!("{dtype}{base:?} {name}");
+            println!("contiguous {k:>4}  {tag:<6} {what:<60} {detail}");
+            k += 1;
+        }
+    }
+    println!("contiguous: {pass} passed, {fail} failed, {skip} skipped");
+    assert_eq!(
+        fail, 0,
+        "{fail} contiguous case(s) failed (see the table above)"
     );
     if gpu.is_ok() {
         assert!(pass > 0, "a GPU is present but no case ran");

@@ -10,6 +10,7 @@ pub mod engine_thread;
 pub mod error;
 pub mod kv_cache;
 pub mod layout;
+pub mod memory;
 pub mod op;
 pub mod profile;
 pub mod sampler;

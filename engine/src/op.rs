@@ -6,6 +6,7 @@
 use crate::dtype::DType;
 use crate::error::{shape_err, EngineError, Result};
 use crate::tensor::Tensor;
+pub use kiln_kernels::cpu::gelu::GeluApprox;
 pub use kiln_kernels::cpu::rope::RopeStyle;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +24,17 @@ pub enum Op {
     },
     /// [gate, up] f32 (or both bf16) same shape -> silu(gate) * up
     SiluMul,
+    /// [x [.., h], w [h], b [h]] f32 (or all bf16) -> [.., h]: torch's LayerNorm over the last
+    /// dimension (biased variance), f32 arithmetic rounded once to the dtype
+    LayerNorm { eps: f32 },
+    /// [x] f32 (or bf16) -> gelu(x), torch's `approximate="none"` (Erf) or `"tanh"`
+    Gelu { approx: GeluApprox },
+    /// [x] f32 (or bf16) -> x * sigmoid(1.702 x) (CLIP)
+    QuickGelu,
+    /// The fused residual add + RMSNorm of a decoder layer: [x [.., h], residual (x's shape),
+    /// w [h]] f32 (or all bf16) -> [2, ..x.shape]: [0] = x + residual rounded to the dtype (the
+    /// next residual), [1] = rmsnorm([0]) * w as `RmsNorm` (`Tensor::add_rms_norm` splits them)
+    AddRmsNorm { eps: f32 },
     /// [x [.., cols] f32] -> softmax(x * scale) per row, causal mask optional
     Softmax { scale: f32, causal: bool },
     /// [q [q_len, heads, d], k [kv_len, kv_heads, d], v [kv_len, kv_heads, d]] f32 -> [q_len, heads, d]
@@ -56,6 +68,10 @@ pub const ALL_OPS: &[&str] = &[
     "rmsnorm",
     "rope",
     "silu_mul",
+    "layernorm",
+    "gelu",
+    "quick_gelu",
+    "add_rmsnorm",
     "softmax",
     "attention",
     "add",
@@ -76,6 +92,10 @@ impl Op {
             Op::RmsNorm { .. } => "rmsnorm",
             Op::Rope { .. } => "rope",
             Op::SiluMul => "silu_mul",
+            Op::LayerNorm { .. } => "layernorm",
+            Op::Gelu { .. } => "gelu",
+            Op::QuickGelu => "quick_gelu",
+            Op::AddRmsNorm { .. } => "add_rmsnorm",
             Op::Softmax { .. } => "softmax",
             Op::Attention { .. } => "attention",
             Op::Add => "add",
@@ -97,6 +117,8 @@ impl Op {
             Op::Rope { .. } | Op::Attention { .. } => 3,
             Op::ReshapeAndCache => 2,
             Op::PagedAttention { .. } => 6,
+            Op::Gelu { .. } | Op::QuickGelu => 1,
+            Op::LayerNorm { .. } | Op::AddRmsNorm { .. } => 3,
         }
     }
 
@@ -188,6 +210,60 @@ impl Op {
                     ));
                 }
                 Ok((x.shape().to_vec(), x.dtype()))
+            }
+            Op::LayerNorm { .. } => {
+                let (w, b) = (inputs[1], inputs[2]);
+                want_act(name, x)?;
+                want_same(name, x, w)?;
+                want_same(name, x, b)?;
+                let h = last_dim(name, x)?;
+                for (what, t) in [("weight", w), ("bias", b)] {
+                    if t.shape() != [h] {
+                        return Err(shape_err(
+                            name,
+                            format!(
+                                "{what} {:?} for x {:?}, expected [{h}]",
+                                t.shape(),
+                                x.shape()
+                            ),
+                        ));
+                    }
+                }
+                Ok((x.shape().to_vec(), x.dtype()))
+            }
+            Op::Gelu { .. } | Op::QuickGelu => {
+                want_act(name, x)?;
+                Ok((x.shape().to_vec(), x.dtype()))
+            }
+            Op::AddRmsNorm { .. } => {
+                let (residual, w) = (inputs[1], inputs[2]);
+                want_act(name, x)?;
+                want_same(name, x, residual)?;
+                want_same(name, x, w)?;
+                if residual.shape() != x.shape() {
+                    return Err(shape_err(
+                        name,
+                        format!(
+                            "x {:?} and residual {:?} differ",
+                            x.shape(),
+                            residual.shape()
+                        ),
+                    ));
+                }
+                let h = last_dim(name, x)?;
+                if w.shape() != [h] {
+                    return Err(shape_err(
+                        name,
+                        format!(
+                            "weight {:?} for x {:?}, expected [{h}]",
+                            w.shape(),
+                            x.shape()
+                        ),
+                    ));
+                }
+                let mut shape = vec![2];
+                shape.extend_from_slice(x.shape());
+                Ok((shape, x.dtype()))
             }
             Op::Scale { .. } => {
                 want_act(name, x)?;
@@ -424,3 +500,7 @@ fn last_dim(op: &'static str, t: &Tensor) -> Result<usize> {
         .copied()
         .ok_or_else(|| shape_err(op, "a scalar has no last dimension"))
 }
+
+#[cfg(test)]
+#[path = "op_norm_act_tests.rs"]
+mod norm_act_tests;

@@ -4,6 +4,8 @@ use crate::error::{shape_err, EngineError, Result};
 use crate::layout::Layout;
 use crate::op::Op;
 use crate::storage::CpuStorage;
+use kiln_kernels::cpu::copy as k_copy;
+use kiln_kernels::cpu::gelu::GeluApprox;
 use kiln_kernels::cpu::rope::RopeStyle;
 use memmap2::Mmap;
 use std::sync::Arc;
@@ -302,7 +304,10 @@ impl Tensor {
                     let start = self.layout.offset();
                     Ok(all[start..start + self.elem_count()].to_vec())
                 } else {
-                    Ok(self.layout.offsets().map(|o| all[o]).collect())
+                    let mut out = vec![T::zeroed(); self.elem_count()];
+                    let l = &self.layout;
+                    k_copy::copy_strided(all, l.offset(), l.shape(), l.strides(), &mut out);
+                    Ok(out)
                 }
             }
             #[cfg(feature = "cuda")]
@@ -412,6 +417,35 @@ impl Tensor {
     /// silu(self) * up.
     pub fn silu_mul(&self, up: &Tensor) -> Result<Tensor> {
         self.apply(Op::SiluMul, &[up])
+    }
+
+    /// torch's LayerNorm over the last dimension with weight `w` and bias `b` [h].
+    pub fn layer_norm(&self, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        self.apply(Op::LayerNorm { eps }, &[w, b])
+    }
+
+    /// torch's `gelu(self, approximate=...)`.
+    pub fn gelu(&self, approx: GeluApprox) -> Result<Tensor> {
+        self.apply(Op::Gelu { approx }, &[])
+    }
+
+    /// self * sigmoid(1.702 self) (CLIP's QuickGELU).
+    pub fn quick_gelu(&self) -> Result<Tensor> {
+        self.apply(Op::QuickGelu, &[])
+    }
+
+    /// The fused residual add + RMSNorm: `(sum, normed)` with `sum = self + residual` (rounded
+    /// to the dtype; the next residual) and `normed = sum.rms_norm(w, eps)`. Both are
+    /// contiguous views of one [2, ..shape] output.
+    pub fn add_rms_norm(
+        &self,
+        residual: &Tensor,
+        w: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        let both = self.apply(Op::AddRmsNorm { eps }, &[residual, w])?;
+        let half = |i| both.narrow(0, i, 1)?.reshape(self.shape());
+        Ok((half(0)?, half(1)?))
     }
 
     pub fn softmax(&self, scale: f32, causal: bool) -> Result<Tensor> {

@@ -106,5 +106,6 @@ static_assert(sizeof(LayerNormParams<float>) == 48 && offsetof(LayerNormParams<f
 
 using namespace kiln;
 
-extern "C" __global__ void kiln_layernorm_f32(LayerNormParams<float> p) { layernorm_rows(p); }
-extern "C" __global__ void kiln_layernorm_bf16(LayerNormParams<bf16> p) { layernorm_rows(p); }
+// The launcher gives a row up to 1024 threads: ptxas must fit that (64 registers a thread).
+extern "C" __global__ void __launch_bounds__(1024) kiln_layernorm_f32(LayerNormParams<float> p) { layernorm_rows(p); }
+extern "C" __global__ void __launch_bounds__(1024) kiln_layernorm_bf16(LayerNormParams<bf16> p) { layernorm_rows(p); }

@@ -55,6 +55,9 @@ pub const HOT_KERNELS: &[&str] = &[
     "kiln_gelu_erf_f32",
     "kiln_gelu_tanh_f32",
     "kiln_quick_gelu_f32",
+    "kiln_gelu_erf_bf16",
+    "kiln_gelu_tanh_bf16",
+    "kiln_quick_gelu_bf16",
     "kiln_softmax_f32",
     "kiln_add_f32",
     "kiln_mul_f32",
@@ -75,6 +78,9 @@ pub const HOT_KERNELS: &[&str] = &[
     "kiln_gemm_f16",
     "kiln_sgemm_f32",
     "kiln_attention_f32",
+    "kiln_copy_strided_1",
+    "kiln_copy_strided_2",
+    "kiln_copy_strided_4",
 ];
 
 /// `include_bytes!` gives 1-byte alignment; the driver wants the fatbin header aligned.

@@ -158,6 +158,23 @@ fn check_device(opts: LoadOptions) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of the weights `LlamaModel::load` holds for `config`: matrices and the embedding in
+/// `matrix` dtype, norms in f32, lm_head counted only when it is not the tied embedding.
+fn weight_bytes_estimate(c: &LlamaConfig, matrix: DType, untied_head: bool) -> usize {
+    let h = c.hidden_size;
+    let (q, kv) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
+    let mat = |rows: usize, cols: usize| matrix.storage_bytes(rows * cols);
+    let layer = 2 * mat(q, h)
+        + 2 * mat(kv, h)
+        + 3 * mat(c.intermediate_size, h)
+        + DType::F32.storage_bytes(2 * h);
+    let tables = if untied_head { 2 } else { 1 };
+    tables * mat(c.vocab_size, h) + c.num_hidden_layers * layer + DType::F32.storage_bytes(h)
+}
+
 impl LlamaModel {
     pub fn load(src: &dyn TensorSource, config: LlamaConfig, opts: LoadOptions) -> Result<Self> {
         check_device(opts)?;
@@ -180,7 +197,16 @@ impl LlamaModel {
         let q_dim = c.num_attention_heads * d;
         let kv_dim = c.num_key_value_heads * d;
         let embed_name = "model.embed_tokens.weight";
-        let embed_tokens = expect(w(embed_name)?, embed_name, &[c.vocab_size, h])?;
+        // The embedding is read first: its dtype is the matrices' dtype, which sizes the
+        // weights, checked against the device's free memory before anything is uploaded.
+        let embed_host = src.tensor(embed_name, opts.dtype)?;
+        if let Some((free, _total)) = opts.device.memory_info()? {
+            let untied_head = src.contains("lm_head.weight") && !c.tie_word_embeddings;
+            let needs = weight_bytes_estimate(c, embed_host.dtype(), untied_head);
+            kiln_engine::memory::check_weights_fit(opts.device, needs, free)
+                .map_err(ModelError::InvalidInput)?;
+        }
+        let embed_tokens = expect(on_device(embed_host)?, embed_name, &[c.vocab_size, h])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -410,3 +436,53 @@ impl LlamaModel {
 
 /// Stores layer `i`'s new keys and values and attends: (i, q, k, v) -> [t, heads, d].
 type Attend<'a> = dyn FnMut(usize, Tensor, Tensor, Tensor) -> Result<Tensor> + 'a;
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+    use crate::random::RandomLlamaWeights;
+
+    fn config(tied: bool) -> LlamaConfig {
+        LlamaConfig {
+            architecture: "LlamaForCausalLM".into(),
+            vocab_size: 300,
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 16,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            tie_word_embeddings: tied,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    /// The estimate checked against free device memory before an upload is what the loaded
+    /// model holds.
+    #[test]
+    fn weight_estimate_matches_the_loaded_model() {
+        for dtype in [DType::F32, DType::BF16] {
+            let c = config(true);
+            let src = RandomLlamaWeights::new(c.clone(), 3);
+            let opts = LoadOptions {
+                dtype: Some(dtype),
+                ..LoadOptions::default()
+            };
+            let model = LlamaModel::load(&src, c.clone(), opts).unwrap();
+            assert_eq!(
+                weight_bytes_estimate(&c, dtype, false),
+                model.weight_bytes()
+            );
+        }
+        let (tied, untied) = (config(true), config(false));
+        let table = 300 * 64 * 2;
+        assert_eq!(
+            weight_bytes_estimate(&untied, DType::BF16, true),
+            weight_bytes_estimate(&tied, DType::BF16, false) + table
+        );
+    }
+}

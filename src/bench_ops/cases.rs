@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::ValueEnum;
-use kiln_engine::op::RopeStyle;
+use kiln_engine::op::{GeluApprox, RopeStyle};
 use kiln_engine::{DType, Op, Tensor};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -116,6 +116,19 @@ pub fn specs(name: &str, size: Size) -> Vec<Spec> {
             )]
         }
         "silu_mul" => vec![pure(Op::SiluMul, vec![f32s(&rh), f32s(&rh)])],
+        "layernorm" => vec![pure(
+            Op::LayerNorm { eps: 1e-5 },
+            vec![f32s(&rh), f32s(&[h]), f32s(&[h])],
+        )],
+        "gelu" => [GeluApprox::Erf, GeluApprox::Tanh]
+            .into_iter()
+            .map(|approx| pure(Op::Gelu { approx }, vec![f32s(&rh)]))
+            .collect(),
+        "quick_gelu" => vec![pure(Op::QuickGelu, vec![f32s(&rh)])],
+        "add_rmsnorm" => vec![pure(
+            Op::AddRmsNorm { eps: 1e-5 },
+            vec![f32s(&rh), f32s(&rh), f32s(&[h])],
+        )],
         "add" => vec![pure(Op::Add, vec![f32s(&rh), f32s(&rh)])],
         "mul" => vec![pure(Op::Mul, vec![f32s(&rh), f32s(&rh)])],
         "scale" => vec![pure(Op::Scale { factor: 0.5 }, vec![f32s(&rh)])],
@@ -222,6 +235,9 @@ pub fn traffic(op: &Op, inputs: &[Tensor], dst: Option<&Tensor>) -> Result<(f64,
             let seqs = inputs[4].elem_count().max(1) as f64;
             let per_seq_rows = q[0] as f64 / seqs;
             (read + out, 4.0 * (q[1] * q[2]) as f64 * keys * per_seq_rows)
+        }
+        Op::LayerNorm { .. } | Op::Gelu { .. } | Op::QuickGelu | Op::AddRmsNorm { .. } => {
+            (read + out, 0.0)
         }
         Op::RmsNorm { .. }
         | Op::Rope { .. }

@@ -23,6 +23,11 @@ impl Backend for CpuBackend {
             Op::Cast { to } => to.is_float() && dtypes.iter().all(|d| d.is_weight()),
             Op::CopyRows { .. } => true,
             Op::ReshapeAndCache => matches!(dtypes, [DType::F32 | DType::BF16, DType::U32]),
+            // f32 and bf16 kernels (f32 arithmetic, bf16 rounding as on the GPU).
+            Op::LayerNorm { .. } | Op::AddRmsNorm { .. } => {
+                matches!(dtypes, [a, b, c] if a == b && b == c && matches!(a, DType::F32 | DType::BF16))
+            }
+            Op::Gelu { .. } | Op::QuickGelu => matches!(dtypes, [DType::F32 | DType::BF16]),
             _ => dtypes.iter().all(|d| *d == DType::F32 || *d == DType::U32),
         }
     }
@@ -37,6 +42,15 @@ impl Backend for CpuBackend {
         match op {
             Op::Argmax => return argmax(&inputs[0], &shape, n),
             Op::Cast { to } => return cast(&inputs[0], *to, &shape),
+            Op::LayerNorm { .. } | Op::Gelu { .. } | Op::QuickGelu | Op::AddRmsNorm { .. }
+                if dtype == DType::BF16 =>
+            {
+                return crate::profile::timed(op.name(), || {
+                    let mut out = vec![bf16::ZERO; n];
+                    run_act(op, &inputs, &mut out)?;
+                    Tensor::from_vec(out, &shape)
+                });
+            }
             _ => debug_assert_eq!(dtype, DType::F32),
         }
         crate::profile::timed(op.name(), || {
@@ -199,6 +213,9 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
             k::rope::rope(out, inputs[1].as_slice()?, inputs[2].as_slice()?, p);
         }
         Op::SiluMul => k::silu_mul::silu_mul(x.as_slice()?, inputs[1].as_slice()?, out),
+        Op::LayerNorm { .. } | Op::Gelu { .. } | Op::QuickGelu | Op::AddRmsNorm { .. } => {
+            run_act(op, inputs, out)?
+        }
         Op::Add => k::binary::add(x.as_slice()?, inputs[1].as_slice()?, out),
         Op::Mul => k::binary::mul(x.as_slice()?, inputs[1].as_slice()?, out),
         Op::Scale { factor } => k::binary::scale(x.as_slice()?, *factor, out),
@@ -262,6 +279,48 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
         Op::Argmax | Op::Cast { .. } | Op::CopyRows { .. } | Op::ReshapeAndCache => {
             return Err(EngineError::Data(format!(
                 "{} does not produce f32 here",
+                op.name()
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// The ops whose CPU kernels take f32 or bf16 (`k::act::Act`).
+fn run_act<T: k::act::Act + crate::dtype::Element>(
+    op: &Op,
+    inputs: &[Tensor],
+    out: &mut [T],
+) -> Result<()> {
+    let x = &inputs[0];
+    let xs = x.as_slice::<T>()?;
+    let cols = last(x);
+    let rows = x.elem_count() / cols.max(1);
+    match op {
+        Op::LayerNorm { eps } => {
+            let p = k::layernorm::LayerNormParams {
+                rows,
+                cols,
+                eps: *eps,
+            };
+            let (w, b) = (inputs[1].as_slice()?, inputs[2].as_slice()?);
+            k::layernorm::layernorm(xs, w, Some(b), out, p);
+        }
+        Op::Gelu { approx } => k::gelu::gelu(xs, out, *approx),
+        Op::QuickGelu => k::gelu::quick_gelu(xs, out),
+        Op::AddRmsNorm { eps } => {
+            let p = k::rmsnorm::RmsNormParams {
+                rows,
+                cols,
+                eps: *eps,
+            };
+            let (sum, normed) = out.split_at_mut(x.elem_count());
+            let (residual, w) = (inputs[1].as_slice()?, inputs[2].as_slice()?);
+            k::rmsnorm::residual_rmsnorm(xs, residual, w, sum, normed, p);
+        }
+        _ => {
+            return Err(EngineError::Data(format!(
+                "{} has no f32/bf16 CPU kernel",
                 op.name()
             )))
         }

@@ -60,6 +60,18 @@ impl Device {
         }
     }
 
+    /// (free, total) bytes of the device's memory; `None` for the CPU (host memory is not
+    /// tracked).
+    pub fn memory_info(&self) -> Result<Option<(usize, usize)>> {
+        match self {
+            Device::Cpu => Ok(None),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => cuda::memory_info(*n).map(Some),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(no_cuda()),
+        }
+    }
+
     /// Waits for all work queued on the device (a no-op on the CPU, whose ops are
     /// synchronous).
     pub fn synchronize(&self) -> Result<()> {
@@ -67,17 +79,6 @@ impl Device {
             Device::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => cuda::synchronize(*n),
-            #[cfg(not(feature = "cuda"))]
-            Device::Cuda(_) => Err(no_cuda()),
-        }
-    }
-
-    /// (free, total) bytes of device memory; `None` for the CPU (host memory is not budgeted).
-    pub fn memory_info(&self) -> Result<Option<(usize, usize)>> {
-        match self {
-            Device::Cpu => Ok(None),
-            #[cfg(feature = "cuda")]
-            Device::Cuda(n) => cuda::memory_info(*n).map(Some),
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => Err(no_cuda()),
         }

@@ -1,10 +1,14 @@
 //! CPU twins of the kernels, one op family per file (same names as `cuda/*.cu`).
 
+pub mod act;
 pub mod argmax;
 pub mod attention;
 pub mod binary;
 pub mod cast;
+pub mod copy;
 pub mod embedding;
+pub mod gelu;
+pub mod layernorm;
 pub mod matmul;
 pub mod paged_attention;
 pub mod quant;

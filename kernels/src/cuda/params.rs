@@ -160,6 +160,22 @@ pub struct AttentionParams {
     pub causal: u32,
 }
 
+/// Dims the strided copy walks (`cuda/copy.cu`); a view needing more after collapsing is
+/// copied another way.
+pub const COPY_MAX_RANK: usize = 6;
+
+/// `kiln_copy_strided_{1,2,4}` (element bytes): dst dense [n] = the view of `src` with
+/// `shape` / `strides` (elements), outermost first, left-padded with size-1 dims. No aliasing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CopyStridedParams {
+    pub src: u64,
+    pub dst: u64,
+    pub n: u64,
+    pub shape: [u32; COPY_MAX_RANK],
+    pub strides: [u64; COPY_MAX_RANK],
+}
+
 // The same numbers are static_assert-ed in the .cu files.
 const _: () = {
     assert!(size_of::<BinaryParams>() == 32 && offset_of!(BinaryParams, n) == 24);
@@ -177,6 +193,7 @@ const _: () = {
     assert!(size_of::<EmbeddingParams>() == 40 && offset_of!(EmbeddingParams, vocab) == 36);
     assert!(size_of::<RopeParams>() == 48 && offset_of!(RopeParams, attention_scaling) == 44);
     assert!(size_of::<AttentionParams>() == 64 && offset_of!(AttentionParams, causal) == 56);
+    assert!(size_of::<CopyStridedParams>() == 96 && offset_of!(CopyStridedParams, strides) == 48);
 };
 
 /// `kiln_gemv_<w>_m{1,4,8}`, `kiln_gemm_{bf16,f16}`, `kiln_sgemm_f32`:

@@ -10,7 +10,9 @@
 
 use super::device::{describe, lock, DeviceCtx};
 use crate::error::{EngineError, Result};
+use crate::memory::{self, format_bytes};
 use cudarc::driver::result as cu;
+use cudarc::driver::sys;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -190,19 +192,19 @@ fn driver_alloc(dev: &DeviceCtx, a: &mut Allocator, class: usize, asked: usize) 
     match unsafe { cu::malloc_sync(class) } {
         Ok(p) => Ok(p),
         Err(e) => {
-            let (free, total) = cu::mem_get_info().unwrap_or((0, 0));
-            let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+            let device = crate::Device::Cuda(dev.ordinal);
+            let free_total = cu::mem_get_info().ok();
+            let head = if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                memory::oom_message(device, asked, free_total)
+            } else {
+                format!("{device}: cuMemAlloc of {} failed", format_bytes(asked))
+            };
             Err(EngineError::Device(format!(
-                "cuda:{}: out of device memory: asked for {asked} bytes ({:.1} MiB, block of {:.1} MiB); \
-                 {:.1} MiB free of {:.1} MiB after releasing {:.1} MiB of kiln's cache; \
-                 {:.1} MiB held by live tensors ({})",
-                dev.ordinal,
-                mib(asked),
-                mib(class),
-                mib(free),
-                mib(total),
-                mib(cached),
-                mib(a.stats.live_bytes),
+                "{head} (a {} block; {} of kiln's cache was returned to the driver first; \
+                 live tensors hold {}; {})",
+                format_bytes(class),
+                format_bytes(cached),
+                format_bytes(a.stats.live_bytes),
                 describe(e)
             )))
         }

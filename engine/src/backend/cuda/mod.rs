@@ -4,9 +4,9 @@
 //!
 //! - `device`: driver start-up, one context + one stream per device, cached by ordinal;
 //! - `alloc`: the caching device allocator (and the guard-region hook of the test suite);
-//! - `transfer`: pinned staging for host <-> device copies, strided gathers;
+//! - `transfer`: pinned staging for host <-> device copies, 2D-memcpy strided gathers;
 //! - `launch`: lazy module loading and checked kernel launches;
-//! - `ops`: the op set on CUDA tensors.
+//! - `ops`: the op set on CUDA tensors (and the strided-copy kernel behind `contiguous()`).
 //!
 //! The public functions here serve benchmarks and tools: device names, memory, timing.
 
@@ -208,7 +208,7 @@ pub(crate) fn copy_contiguous(t: &Tensor) -> Result<Tensor> {
     } else {
         let elem = t.dtype().block_bytes();
         let strides = t.layout().strides();
-        transfer::gather_strided(&dev, out.device_ptr(), src, t.shape(), strides, elem)?;
+        ops::copy_strided(&dev, out.device_ptr(), src, t.shape(), strides, elem)?;
     }
     Ok(Tensor::from_storage(Storage::Cuda(out), t.shape()))
 }

@@ -8,7 +8,7 @@ use super::{cuda_storage, transfer, view_ptr, CudaStorage};
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::{shape_err, EngineError, Result};
-use crate::op::{Op, RopeStyle};
+use crate::op::{GeluApprox, Op, RopeStyle};
 use crate::tensor::{Storage, Tensor};
 use kiln_kernels::cuda::params as p;
 use std::sync::Arc;
@@ -45,6 +45,10 @@ impl Backend for CudaBackend {
                 matches!(dtypes, [a, b] if a == b && act(*a))
             }
             Op::Rope { .. } => matches!(dtypes, [x, U32, F32] if act(*x)),
+            Op::LayerNorm { .. } | Op::AddRmsNorm { .. } => {
+                matches!(dtypes, [a, b, c] if a == b && b == c && act(*a))
+            }
+            Op::Gelu { .. } | Op::QuickGelu => matches!(dtypes, [x] if act(*x)),
             Op::Scale { .. } => matches!(dtypes, [x] if act(*x)),
             Op::Softmax { .. } | Op::Argmax => dtypes == [F32],
             Op::Cast { to } => {
@@ -205,6 +209,69 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
                 params,
             )
         }
+        Op::Gelu { .. } | Op::QuickGelu => {
+            let approx = match op {
+                Op::Gelu { approx } => Some(*approx),
+                _ => None,
+            };
+            let kernel = match (approx, bf) {
+                (Some(GeluApprox::Erf), false) => "kiln_gelu_erf_f32",
+                (Some(GeluApprox::Erf), true) => "kiln_gelu_erf_bf16",
+                (Some(GeluApprox::Tanh), false) => "kiln_gelu_tanh_f32",
+                (Some(GeluApprox::Tanh), true) => "kiln_gelu_tanh_bf16",
+                (None, false) => "kiln_quick_gelu_f32",
+                (None, true) => "kiln_quick_gelu_bf16",
+            };
+            let params = p::UnaryParams {
+                x: ptr(&x[0])?,
+                out: o,
+                n: n as u64,
+            };
+            launch(dev, "gelu", kernel, elementwise(dev, n, pack(dt)), params)
+        }
+        Op::LayerNorm { eps } => {
+            let cols = last(&x[0]);
+            let rows = n / cols;
+            let kernel = if bf {
+                "kiln_layernorm_bf16"
+            } else {
+                "kiln_layernorm_f32"
+            };
+            let params = p::LayerNormParams {
+                x: ptr(&x[0])?,
+                w: ptr(&x[1])?,
+                b: ptr(&x[2])?,
+                out: o,
+                rows: rows as u64,
+                cols: u32_of(name, "hidden size", cols)?,
+                eps: *eps,
+            };
+            let shape = rows_shape(dev, rows, row_threads(cols, pack(dt), 128));
+            launch(dev, "layernorm", kernel, shape, params)
+        }
+        Op::AddRmsNorm { eps } => {
+            // out = [sum, normed], each x's size: the kernel writes both halves.
+            let half = x[0].elem_count();
+            let cols = last(&x[0]);
+            let rows = half / cols;
+            let kernel = if bf {
+                "kiln_residual_rmsnorm_bf16"
+            } else {
+                "kiln_residual_rmsnorm_f32"
+            };
+            let params = p::ResidualRmsNormParams {
+                x: ptr(&x[0])?,
+                residual: ptr(&x[1])?,
+                w: ptr(&x[2])?,
+                sum: o,
+                out: o + transfer::byte_len(dt, half)? as u64,
+                rows: rows as u64,
+                cols: u32_of(name, "hidden size", cols)?,
+                eps: *eps,
+            };
+            let shape = rows_shape(dev, rows, row_threads(cols, pack(dt), 128));
+            launch(dev, "rmsnorm", kernel, shape, params)
+        }
         Op::RmsNorm { eps } => {
             let cols = last(&x[0]);
             let rows = n / cols;
@@ -315,6 +382,53 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
 
 fn last(t: &Tensor) -> usize {
     t.shape().last().copied().unwrap_or(1).max(1)
+}
+
+/// The dense copy of a strided view (`shape`, `strides` in elements, first element at device
+/// address `src`, `elem`-byte elements) into `dst`: one `kiln_copy_strided_<elem>` launch over
+/// the collapsed view (`cpu::copy::collapse`). A view still wider than
+/// `COPY_MAX_RANK` dims after collapsing, or with a dim past u32, takes the 2D-memcpy gather.
+pub(crate) fn copy_strided(
+    dev: &DeviceCtx,
+    dst: u64,
+    src: u64,
+    shape: &[usize],
+    strides: &[usize],
+    elem: usize,
+) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if n == 0 {
+        return Ok(());
+    }
+    let dims = kiln_kernels::cpu::copy::collapse(shape, strides);
+    match dims.as_slice() {
+        [] => return transfer::copy_d2d(dev, dst, src, elem),
+        [(_, 1)] => return transfer::copy_d2d(dev, dst, src, n * elem),
+        _ => {}
+    }
+    let kernel = match elem {
+        1 => Some("kiln_copy_strided_1"),
+        2 => Some("kiln_copy_strided_2"),
+        4 => Some("kiln_copy_strided_4"),
+        _ => None,
+    };
+    let fits = dims.len() <= p::COPY_MAX_RANK && dims.iter().all(|&(d, _)| d <= u32::MAX as usize);
+    let Some(kernel) = kernel.filter(|_| fits) else {
+        return transfer::gather_strided(dev, dst, src, shape, strides, elem);
+    };
+    let mut params = p::CopyStridedParams {
+        src,
+        dst,
+        n: n as u64,
+        shape: [1; p::COPY_MAX_RANK],
+        strides: [0; p::COPY_MAX_RANK],
+    };
+    let pad = p::COPY_MAX_RANK - dims.len();
+    for (i, &(d, s)) in dims.iter().enumerate() {
+        params.shape[pad + i] = d as u32;
+        params.strides[pad + i] = s as u64;
+    }
+    launch(dev, "copy", kernel, elementwise(dev, n, 16 / elem), params)
 }
 
 /// Gathers rows of `table` for `ids`; the ids are checked against the table size on the host

@@ -96,7 +96,8 @@ pub(crate) fn upload(dev: &Arc<DeviceCtx>, src: &[u8]) -> Result<CudaBuffer> {
 
 /// Gathers the strided view (`shape`, `strides` in elements, starting at byte address `src`)
 /// of `elem` -byte elements into the dense buffer at `dst`, with 2D copies: each call moves
-/// a run of rows of the innermost contiguous extent.
+/// a run of rows of the innermost contiguous extent. The fallback of `ops::copy_strided` for
+/// views its kernel does not take (more than 6 dims after collapsing).
 pub(crate) fn gather_strided(
     dev: &DeviceCtx,
     dst: u64,
