@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod llama;
 pub mod random;
 pub mod resolve;
+pub mod run;
 pub mod serving;
 pub mod text;
 pub mod tokenizer;
