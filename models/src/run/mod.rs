@@ -4,6 +4,7 @@
 
 pub mod error;
 mod fields;
+pub mod json_constraint;
 pub mod openai;
 pub mod service;
 pub mod text_generation;

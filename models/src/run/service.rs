@@ -7,6 +7,7 @@
 //! random weights (contract tests with no downloads).
 
 use super::error::RunError;
+use super::json_constraint::{JsonConstraint, JsonGrammar, TokenTexts};
 use super::text_generation::{self, ConstraintFactory, ResponseFormat, TextJob, TextService};
 use crate::catalog::{self, CatalogEntry, Task};
 use crate::llama::LoadOptions;
@@ -207,7 +208,7 @@ impl Service {
         let model = Arc::new(model);
         let engine = start_engine(model.clone(), &self.opts.serve)?;
         Ok(TextService {
-            constraint: Box::new(NoConstraint),
+            constraint: Box::new(JsonModeFactory::new(&model)),
             model,
             engine,
         })
@@ -301,13 +302,36 @@ impl Service {
     }
 }
 
-/// Refuses JSON mode until a constraint is available.
-pub struct NoConstraint;
+/// JSON mode for one model: its token texts (built once) and a grammar per request.
+pub struct JsonModeFactory {
+    texts: Arc<TokenTexts>,
+}
 
-impl ConstraintFactory for NoConstraint {
-    fn make(&self, _f: &ResponseFormat, _s: &[u32]) -> Result<Box<dyn LogitsProcessor>, RunError> {
-        Err(RunError::bad_input(
-            "response_format: not supported by this model",
-        ))
+impl JsonModeFactory {
+    pub fn new(model: &TextModel) -> Self {
+        Self {
+            texts: Arc::new(TokenTexts::from_tokenizer(&model.tokenizer)),
+        }
+    }
+}
+
+impl ConstraintFactory for JsonModeFactory {
+    fn make(
+        &self,
+        format: &ResponseFormat,
+        stop_ids: &[u32],
+    ) -> Result<Box<dyn LogitsProcessor>, RunError> {
+        let grammar = match format {
+            ResponseFormat::JsonObject => JsonGrammar::any_object(),
+            ResponseFormat::JsonSchema(schema) => {
+                JsonGrammar::from_schema(schema, "response_format.json_schema")
+                    .map_err(|e| RunError::bad_input(format!("{}: {}", e.path, e.message)))?
+            }
+        };
+        Ok(Box::new(JsonConstraint::new(
+            self.texts.clone(),
+            Arc::new(grammar),
+            stop_ids,
+        )))
     }
 }
