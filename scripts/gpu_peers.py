@@ -40,6 +40,15 @@ CASES = [
     ("cast", [[R, H]], ["f32"], {"to": "bf16"}),
     ("cast", [[R, H]], ["bf16"], {"to": "f32"}),
     ("copy_rows", [[R, H]], ["f32"], {"dst": [2 * R, H]}),
+    ("reshape_and_cache", [[2048, 8, 128], [2048]], ["f32", "u32"], {"dst": [4096, 8, 16, 128]}),
+    # Llama-3.1-8B-like paged attention (bf16 cache, block 16): decode batch 1 and 32 at
+    # context 4096, causal prefill of 2048; extra: sequences, query rows each, context.
+    *[("paged_attention",
+       [[n * q, 32, 128], [n * c // 16, 8, 16, 128], [n * c // 16, 8, 16, 128], [n, c // 16], [n], [n + 1]],
+       ["f32", "bf16", "bf16", "u32", "u32", "u32"], {"seqs": n, "q_len": q, "ctx": c})
+      for n, q, c in [(1, 1, 4096), (32, 1, 4096), (1, 2048, 2048)]],
+    ("varlen_attention", [[32 * 512, 12, 64]] * 3 + [[33], [33]], ["f32"] * 3 + ["u32"] * 2,
+     {"seqs": 32, "q_len": 512, "ctx": 512}),
 ]
 # Targets (issue 3): elementwise/norm >= 80% of copy; GEMV >= 85% of copy; GEMM M=4096 >= 0.7x torch.
 ELEMENTWISE = {"rmsnorm", "rope", "silu_mul", "softmax", "add", "mul", "scale", "cast", "copy_rows", "embedding", "argmax"}
@@ -74,6 +83,13 @@ def traffic(op, shapes, dtypes, extra):
         (q, heads, d), (kv, _, _) = shapes[0], shapes[1]
         keys = sum(kv - q + i + 1 for i in range(q))
         return read + numel(shapes[0]) * 4, 4 * heads * d * keys
+    if op == "reshape_and_cache":
+        return 2 * numel(shapes[0]) * ELEM[dtypes[0]] + numel(shapes[1]) * 4, 0
+    if op in ("paged_attention", "varlen_attention"):
+        (_, heads, d), q, c = shapes[0], extra["q_len"], extra["ctx"]
+        causal = op == "paged_attention"
+        keys = sum(min(c, c - q + i + 1) for i in range(q)) if causal else q * c
+        return read + numel(shapes[0]) * 4, 4 * heads * d * keys * extra["seqs"]
     if op == "argmax":
         return read + shapes[0][0] * 4, 0
     if op == "cast":
@@ -159,6 +175,20 @@ def torch_peer(torch, op, shapes, dtypes, extra):
         (m, k), (n, _) = shapes
         x, w = u([m, k], "bf16"), u([n, k], "bf16")
         return (lambda: torch.matmul(x, w.t())), "torch.matmul bf16 (cuBLAS)"
+    if op == "reshape_and_cache":
+        (t, kvh, d), blocks = shapes[0], extra["dst"][0]
+        new, cache = u([t, kvh, d]), u([blocks * 16, kvh, d])  # token-major: index_copy_ rows
+        slots = torch.randperm(blocks * 16, device="cuda")[:t]
+        return (lambda: cache.index_copy_(0, slots, new)), "index_copy_ (token-major cache)"
+    if op in ("paged_attention", "varlen_attention"):
+        # The same attention over dense bf16 K/V (no paging): SDPA picks its flash kernel.
+        n, q_len, ctx = extra["seqs"], extra["q_len"], extra["ctx"]
+        heads, d, kvh = shapes[0][1], shapes[0][2], shapes[1][1]
+        q = u([n, heads, q_len, d], "bf16")
+        k, v = u([n, kvh, ctx, d], "bf16"), u([n, kvh, ctx, d], "bf16")
+        causal = op == "paged_attention" and q_len > 1  # q_len == ctx here: the corners agree
+        sdpa = F.scaled_dot_product_attention
+        return (lambda: sdpa(q, k, v, is_causal=causal, enable_gqa=kvh != heads)), "SDPA bf16, dense KV"
     raise ValueError(f"no torch peer for {op}")
 
 
@@ -261,6 +291,15 @@ def summary_row(rows_out, op, shapes, dtypes, extra, r, k_gbs, k_tfs, pct, t_gbs
             shown = x_text(ratio)
             if status == "ok":
                 status = "ok" if ratio and ratio >= 0.7 else "below target (0.7x torch)"
+    elif op in ("paged_attention", "varlen_attention"):
+        n, q_len, ctx = extra["seqs"], extra["q_len"], extra["ctx"]
+        what = f"decode b{n} ctx{ctx}" if op == "paged_attention" and q_len == 1 else f"{n}x{q_len}"
+        if q_len == 1:
+            metric, value, shown = f"{op} {what} GB/s", fmt(k_gbs), pct_text(pct)
+            ref = f"copy {fmt(copy)}; torch {fmt(t_gbs)}"
+        else:
+            metric, value, shown = f"{op} {what} TFLOP/s", fmt(k_tfs, 2), x_text(ratio)
+            ref = f"torch SDPA bf16 {fmt(t_tfs, 2)}"
     elif op == "attention" and shapes[0][0] > 1:
         metric = f"attention {shape_key(shapes[:1])} TFLOP/s"
         value, ref, shown = fmt(k_tfs, 2), f"torch SDPA f32 {fmt(t_tfs, 2)}", x_text(ratio)

@@ -46,12 +46,18 @@ enum View {
     Narrow(usize),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Fill {
     Uniform,
     Ids(usize),
     Positions,
     InvFreq,
+    /// Exactly these u32 values (paging metadata, sequence boundaries, slots).
+    U32s(Vec<u32>),
+    /// A paged cache [num_blocks, kv_heads, block_size, d]: uniform in the slots marked live
+    /// (block * block_size + offset), NaN in every other slot, so that a kernel reading a slot
+    /// outside the batch's context shows up as NaN.
+    PagedCache(Vec<bool>),
 }
 
 #[derive(Clone, Debug)]
@@ -92,11 +98,22 @@ struct Case {
     op: Op,
     inputs: Vec<Input>,
     check: Check,
+    /// Shown after the inputs (structured cases say what their metadata holds).
+    note: String,
 }
 
 fn case(op: Op, inputs: Vec<Input>, check: Check) -> Case {
-    Case { op, inputs, check }
+    Case {
+        op,
+        inputs,
+        check,
+        note: String::new(),
+    }
 }
+
+#[path = "ops_equivalence/paged_cases.rs"]
+mod paged_cases;
+use paged_cases::{paged_case, paged_specs, reshape_case, varlen_case, varlen_specs};
 
 const F32: DType = DType::F32;
 const BF16: DType = DType::BF16;
@@ -145,6 +162,11 @@ fn representatives() -> Vec<Op> {
         Op::PagedAttention {
             scale: 0.125,
             causal: true,
+            decode_only: false,
+        },
+        Op::VarlenAttention {
+            scale: 0.125,
+            causal: false,
         },
     ]
 }
@@ -330,25 +352,38 @@ fn cases_for(op: &Op) -> Vec<Case> {
                 v.push(case(c, vec![inp(&[33, 31], d), src], Check::Exact));
             }
         }
-        Op::ReshapeAndCache | Op::PagedAttention { .. } => {
-            // No CUDA kernel yet: one case each so the table shows the SKIP.
-            let (q, cache) = (inp(&[4, 8, 64], F32), inp(&[16, 2, 16, 64], F32));
-            let u = |n: usize| inp(&[n], DType::U32);
-            v.push(case(
-                op.clone(),
-                match op {
-                    Op::ReshapeAndCache => vec![cache, inp(&[4, 2, 64], F32), u(4)],
-                    _ => vec![
-                        q,
-                        cache.clone(),
-                        cache,
-                        inp(&[1, 1], DType::U32),
-                        u(1),
-                        u(2),
-                    ],
-                },
-                Check::Nmse(1e-6),
-            ));
+        Op::ReshapeAndCache => {
+            // (tokens, kv_heads, head_dim, block_size, num_blocks): decode, prefill, block size
+            // 1, a head_dim that is not a whole number of 16-byte words (scalar path).
+            for d in [F32, BF16] {
+                for (t, kvh, hd, bs, nb) in [
+                    (1, 8, 128, 16, 64),
+                    (33, 2, 64, 16, 8),
+                    (300, 8, 128, 16, 40),
+                    (31, 4, 80, 1, 40),
+                    (17, 3, 33, 4, 9),
+                ] {
+                    v.push(reshape_case(
+                        d,
+                        t,
+                        kvh,
+                        hd,
+                        bs,
+                        nb,
+                        SEED ^ (t * 131 + hd) as u64,
+                    ));
+                }
+            }
+        }
+        Op::PagedAttention { .. } => {
+            for (i, spec) in paged_specs().into_iter().enumerate() {
+                v.push(paged_case(&spec, SEED ^ (0x9a9e_d000 + i as u64)));
+            }
+        }
+        Op::VarlenAttention { .. } => {
+            for spec in varlen_specs() {
+                v.push(varlen_case(&spec));
+            }
         }
         Op::Matmul => {
             // m: the GEMV path (1, 3, 8) and the GEMM path (9, 33, 128); (n, k): odd sizes
@@ -418,7 +453,26 @@ fn host_input(spec: &Input, rng: &mut Rng) -> Result<(Tensor, Tensor), String> {
     }
     let n: usize = base.iter().product();
     let e = |e: kiln_engine::EngineError| e.to_string();
-    let (actual, f32s) = match (spec.fill, spec.dtype) {
+    let (actual, f32s) = match (spec.fill.clone(), spec.dtype) {
+        (Fill::U32s(v), _) => {
+            let t = Tensor::from_vec(v, &base).map_err(e)?;
+            (t.clone(), t)
+        }
+        (Fill::PagedCache(live), d) => {
+            let (kv_heads, bs, hd) = (base[1], base[2], base[3]);
+            let raw: Vec<f32> = (0..n)
+                .map(|i| {
+                    let (block, off) = (i / (kv_heads * bs * hd), i / hd % bs);
+                    let x = rng.uniform();
+                    if live[block * bs + off] {
+                        x
+                    } else {
+                        f32::NAN
+                    }
+                })
+                .collect();
+            float_pair(raw, d, &base)?
+        }
         (Fill::Ids(vocab), DType::I32) => {
             let ids: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
             let t = Tensor::from_vec(ids, &base).map_err(e)?;
@@ -452,23 +506,29 @@ fn host_input(spec: &Input, rng: &mut Rng) -> Result<(Tensor, Tensor), String> {
         }
         (Fill::Uniform, d) => {
             let raw: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
-            let (t, rounded) = match d {
-                DType::BF16 => {
-                    let h: Vec<bf16> = raw.iter().map(|&x| bf16::from_f32(x)).collect();
-                    let r = h.iter().map(|x| x.to_f32()).collect();
-                    (Tensor::from_vec(h, &base).map_err(e)?, r)
-                }
-                DType::F16 => {
-                    let h: Vec<f16> = raw.iter().map(|&x| f16::from_f32(x)).collect();
-                    let r = h.iter().map(|x| x.to_f32()).collect();
-                    (Tensor::from_vec(h, &base).map_err(e)?, r)
-                }
-                _ => (Tensor::from_vec(raw.clone(), &base).map_err(e)?, raw),
-            };
-            (t, Tensor::from_vec(rounded, &base).map_err(e)?)
+            float_pair(raw, d, &base)?
         }
     };
     Ok((actual, f32s))
+}
+
+/// `raw` as a tensor of dtype `d` and the f32 tensor of the same (rounded) values.
+fn float_pair(raw: Vec<f32>, d: DType, shape: &[usize]) -> Result<(Tensor, Tensor), String> {
+    let e = |e: kiln_engine::EngineError| e.to_string();
+    let (t, rounded) = match d {
+        DType::BF16 => {
+            let h: Vec<bf16> = raw.iter().map(|&x| bf16::from_f32(x)).collect();
+            let r = h.iter().map(|x| x.to_f32()).collect();
+            (Tensor::from_vec(h, shape).map_err(e)?, r)
+        }
+        DType::F16 => {
+            let h: Vec<f16> = raw.iter().map(|&x| f16::from_f32(x)).collect();
+            let r = h.iter().map(|x| x.to_f32()).collect();
+            (Tensor::from_vec(h, shape).map_err(e)?, r)
+        }
+        _ => (Tensor::from_vec(raw.clone(), shape).map_err(e)?, raw),
+    };
+    Ok((t, Tensor::from_vec(rounded, shape).map_err(e)?))
 }
 
 fn apply_view(t: &Tensor, v: View) -> Result<Tensor, String> {
@@ -545,6 +605,12 @@ fn compare(check: Check, reference: &Values, got: &Values) -> Outcome {
 fn run_case(c: &Case, rng: &mut Rng) -> Result<Outcome, String> {
     let e = |e: kiln_engine::EngineError| e.to_string();
     let dtypes: Vec<DType> = c.inputs.iter().map(|i| i.dtype).collect();
+    // ReshapeAndCache's inputs are (new, slots); the suite lists its destination first.
+    let dtypes = if c.op == Op::ReshapeAndCache {
+        dtypes[1..].to_vec()
+    } else {
+        dtypes
+    };
     if !backend_for(CUDA).supports(&c.op, &dtypes) {
         return Ok(Outcome::Skip(format!(
             "no CUDA kernel for {} {dtypes:?}",
@@ -566,6 +632,11 @@ fn run_case(c: &Case, rng: &mut Rng) -> Result<Outcome, String> {
         drop(devs.remove(0));
         rdst.copy_rows_from(dst_row, &refs[0]).map_err(e)?;
         ddst.copy_rows_from(dst_row, &devs[0]).map_err(e)?;
+        (rdst, ddst)
+    } else if c.op == Op::ReshapeAndCache {
+        let (mut rdst, mut ddst) = (refs.remove(0), devs.remove(0));
+        rdst.reshape_and_cache(&refs[0], &refs[1]).map_err(e)?;
+        ddst.reshape_and_cache(&devs[0], &devs[1]).map_err(e)?;
         (rdst, ddst)
     } else {
         let r: Vec<&Tensor> = refs.iter().collect();
@@ -607,9 +678,15 @@ fn describe(c: &Case) -> String {
         Op::Cast { to } => format!(" ->{to}"),
         Op::CopyRows { dst_row } => format!(" at={dst_row}"),
         Op::Gelu { approx } => format!(" {approx:?}"),
+        Op::PagedAttention {
+            causal,
+            decode_only,
+            ..
+        } => format!(" causal={causal} decode_only={decode_only}"),
+        Op::VarlenAttention { causal, .. } => format!(" causal={causal}"),
         _ => String::new(),
     };
-    format!("{}{params}", ins.join(", "))
+    format!("{}{params}{}", ins.join(", "), c.note)
 }
 
 #[test]
@@ -837,4 +914,49 @@ fn cuda_contiguous_matches_cpu() {
     if gpu.is_ok() {
         assert!(pass > 0, "a GPU is present but no case ran");
     }
+}
+
+/// The structured cases (paged KV, varlen) build consistent inputs: the CPU reference accepts
+/// their metadata and never reads a NaN slot, on any machine. (Without this, a broken case would
+/// first show on the GPU machine, as a failure of the kernel it was meant to test.)
+#[test]
+fn structured_cases_are_valid_on_the_cpu() {
+    let cpu = backend_for(Device::Cpu);
+    let e = |e: kiln_engine::EngineError| e.to_string();
+    let mut n = 0;
+    for op in representatives() {
+        if !matches!(
+            op,
+            Op::ReshapeAndCache | Op::PagedAttention { .. } | Op::VarlenAttention { .. }
+        ) {
+            continue;
+        }
+        for (k, c) in cases_for(&op).into_iter().enumerate() {
+            let mut rng = Rng(SEED + k as u64);
+            let mut ins = Vec::new();
+            for spec in &c.inputs {
+                let (actual, f32s) = host_input(spec, &mut rng).unwrap();
+                ins.push(if spec.dtype == BF16 { actual } else { f32s });
+            }
+            let out = if c.op == Op::ReshapeAndCache {
+                let mut dst = ins.remove(0);
+                dst.reshape_and_cache(&ins[0], &ins[1])
+                    .map_err(e)
+                    .map(|()| dst)
+            } else {
+                let r: Vec<&Tensor> = ins.iter().collect();
+                cpu.execute(&c.op, &r).map_err(e)
+            };
+            let out = out.unwrap_or_else(|m| panic!("{} {}: {m}", c.op.name(), describe(&c)));
+            let v = out.to_dtype(F32).unwrap().to_vec::<f32>().unwrap();
+            assert!(
+                v.iter().all(|x| x.is_finite()),
+                "{} {}: NaN in the CPU reference",
+                c.op.name(),
+                describe(&c)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 30, "only {n} structured cases");
 }

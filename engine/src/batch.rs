@@ -67,6 +67,12 @@ impl ForwardBatch {
         self.context_lens.len()
     }
 
+    /// Whether every sequence brings exactly one new token (a pure decode step), which lets
+    /// attention take its decode path.
+    pub fn is_decode_only(&self) -> bool {
+        self.num_seqs() > 0 && self.cu_seqlens.windows(2).all(|w| w[1] == w[0] + 1)
+    }
+
     /// The paging metadata as u32 tensors on `device`.
     pub fn paged_tensors(&self, device: Device) -> Result<PagedBatchTensors> {
         let seqs = self.num_seqs();
@@ -75,6 +81,7 @@ impl ForwardBatch {
                 .to_device(device)?,
             context_lens: Tensor::from_slice(&self.context_lens, &[seqs])?.to_device(device)?,
             cu_seqlens: Tensor::from_slice(&self.cu_seqlens, &[seqs + 1])?.to_device(device)?,
+            decode_only: self.is_decode_only(),
         })
     }
 }

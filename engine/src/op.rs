@@ -57,8 +57,20 @@ pub enum Op {
     /// [q [rows, heads, d] f32, k_cache, v_cache [num_blocks, kv_heads, block_size, d],
     /// block_tables [seqs, max_blocks] u32, context_lens [seqs] u32, cu_seqlens [seqs + 1] u32]
     /// -> [rows, heads, d] f32: varlen attention over the paged cache (see
-    /// kernels/src/cpu/paged_attention.rs)
-    PagedAttention { scale: f32, causal: bool },
+    /// kernels/src/cpu/paged_attention.rs). `decode_only` is the caller's promise that every
+    /// sequence has exactly one query row (the host knows it from its `cu_seqlens`; the device
+    /// tensor does not say it without a copy back): it selects the split-KV decode kernel on
+    /// CUDA, and the CPU twin rejects a batch that breaks it.
+    PagedAttention {
+        scale: f32,
+        causal: bool,
+        decode_only: bool,
+    },
+    /// [q [tq, heads, d], k [tk, kv_heads, d], v [tk, kv_heads, d] f32, cu_seqlens_q [seqs + 1]
+    /// u32, cu_seqlens_k [seqs + 1] u32] -> [tq, heads, d] f32: attention of each sequence's
+    /// queries over its own keys (encoders, cross-attention); causal aligns the queries at the
+    /// end of the keys as `Attention` does (see kernels/src/cpu/varlen_attention.rs)
+    VarlenAttention { scale: f32, causal: bool },
 }
 
 /// The variants, for exhaustive coverage in the equivalence suite and benches.
@@ -82,6 +94,7 @@ pub const ALL_OPS: &[&str] = &[
     "copy_rows",
     "reshape_and_cache",
     "paged_attention",
+    "varlen_attention",
 ];
 
 impl Op {
@@ -106,6 +119,7 @@ impl Op {
             Op::CopyRows { .. } => "copy_rows",
             Op::ReshapeAndCache => "reshape_and_cache",
             Op::PagedAttention { .. } => "paged_attention",
+            Op::VarlenAttention { .. } => "varlen_attention",
         }
     }
 
@@ -119,6 +133,7 @@ impl Op {
             Op::PagedAttention { .. } => 6,
             Op::Gelu { .. } | Op::QuickGelu => 1,
             Op::LayerNorm { .. } | Op::AddRmsNorm { .. } => 3,
+            Op::VarlenAttention { .. } => 5,
         }
     }
 
@@ -320,7 +335,8 @@ impl Op {
                 }
                 Ok((x.shape().to_vec(), *to))
             }
-            Op::PagedAttention { .. } => check_paged_attention(inputs),
+            Op::PagedAttention { decode_only, .. } => check_paged_attention(inputs, *decode_only),
+            Op::VarlenAttention { .. } => check_varlen_attention(inputs),
             Op::CopyRows { .. } | Op::ReshapeAndCache => {
                 Err(shape_err(name, "runs in place (execute_inplace)"))
             }
@@ -392,7 +408,7 @@ impl Op {
     }
 }
 
-fn check_paged_attention(inputs: &[&Tensor]) -> Result<(Vec<usize>, DType)> {
+fn check_paged_attention(inputs: &[&Tensor], decode_only: bool) -> Result<(Vec<usize>, DType)> {
     let name = "paged_attention";
     let [q, kc, vc, tables, ctx, cu] = inputs else {
         return Err(shape_err(name, "expects 6 inputs"));
@@ -436,6 +452,59 @@ fn check_paged_attention(inputs: &[&Tensor]) -> Result<(Vec<usize>, DType)> {
                 "{seqs} context lengths, block_tables {:?}, cu_seqlens {:?}",
                 tables.shape(),
                 cu.shape()
+            ),
+        ));
+    }
+    if decode_only && q.shape()[0] != seqs {
+        return Err(shape_err(
+            name,
+            format!(
+                "decode_only with {} query rows for {seqs} sequences (one row each)",
+                q.shape()[0]
+            ),
+        ));
+    }
+    Ok((q.shape().to_vec(), DType::F32))
+}
+
+fn check_varlen_attention(inputs: &[&Tensor]) -> Result<(Vec<usize>, DType)> {
+    let name = "varlen_attention";
+    let [q, k, v, cu_q, cu_k] = inputs else {
+        return Err(shape_err(name, "expects 5 inputs"));
+    };
+    for (what, t) in [("q", q), ("k", k), ("v", v)] {
+        want_f32(name, t)?;
+        want_rank(name, what, t, 3)?;
+    }
+    want_rank(name, "cu_seqlens_q", cu_q, 1)?;
+    want_rank(name, "cu_seqlens_k", cu_k, 1)?;
+    for t in [cu_q, cu_k] {
+        if t.dtype() != DType::U32 {
+            return Err(dtype_err(name, t, "u32"));
+        }
+    }
+    let (heads, d) = (q.shape()[1], q.shape()[2]);
+    let kv_heads = k.shape()[1];
+    if k.shape() != v.shape() || k.shape()[2] != d {
+        return Err(shape_err(
+            name,
+            format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape()),
+        ));
+    }
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(shape_err(
+            name,
+            format!("{heads} query heads not a multiple of {kv_heads} kv heads"),
+        ));
+    }
+    if cu_q.shape()[0] == 0 || cu_q.shape() != cu_k.shape() {
+        return Err(shape_err(
+            name,
+            format!(
+                "cu_seqlens_q {:?} and cu_seqlens_k {:?}: one entry per sequence plus one, \
+                 the same count",
+                cu_q.shape(),
+                cu_k.shape()
             ),
         ));
     }
@@ -504,3 +573,6 @@ fn last_dim(op: &'static str, t: &Tensor) -> Result<usize> {
 #[cfg(test)]
 #[path = "op_norm_act_tests.rs"]
 mod norm_act_tests;
+#[cfg(test)]
+#[path = "op_paged_tests.rs"]
+mod paged_tests;

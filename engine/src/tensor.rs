@@ -503,7 +503,11 @@ impl Tensor {
         causal: bool,
     ) -> Result<Tensor> {
         self.apply(
-            Op::PagedAttention { scale, causal },
+            Op::PagedAttention {
+                scale,
+                causal,
+                decode_only: batch.decode_only,
+            },
             &[
                 k_cache,
                 v_cache,
@@ -511,6 +515,24 @@ impl Tensor {
                 &batch.context_lens,
                 &batch.cu_seqlens,
             ],
+        )
+    }
+
+    /// Attention of each sequence's queries `self` [tq, heads, d] over its own keys `k`, `v`
+    /// [tk, kv_heads, d]; sequence s owns query rows `cu_seqlens_q[s]..cu_seqlens_q[s + 1]` and
+    /// key rows `cu_seqlens_k[s]..cu_seqlens_k[s + 1]`. See `Op::VarlenAttention`.
+    pub fn varlen_attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        cu_seqlens_q: &Tensor,
+        cu_seqlens_k: &Tensor,
+        scale: f32,
+        causal: bool,
+    ) -> Result<Tensor> {
+        self.apply(
+            Op::VarlenAttention { scale, causal },
+            &[k, v, cu_seqlens_q, cu_seqlens_k],
         )
     }
 }
@@ -524,6 +546,9 @@ pub struct PagedBatchTensors {
     pub context_lens: Tensor,
     /// [seqs + 1] u32
     pub cu_seqlens: Tensor,
+    /// Every sequence has exactly one query row (known on the host, where `cu_seqlens` was
+    /// built): attention may take its decode path. See `Op::PagedAttention`.
+    pub decode_only: bool,
 }
 
 fn check_quant_shape(dtype: DType, shape: &[usize]) -> Result<()> {

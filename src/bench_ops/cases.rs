@@ -25,6 +25,15 @@ pub enum Fill {
     Positions,
     /// Rotary inverse frequencies (base 500000) for head_dim 2n.
     InvFreq,
+    /// A paged block table [seqs, max_blocks]: every entry a distinct page of a pool of
+    /// seqs * max_blocks, in shuffled order (as a long-running cache scatters pages).
+    PageTable,
+    /// Every entry this u32 (context lengths).
+    Const(u32),
+    /// cu_seqlens of sequences of this many rows each: 0, n, 2n, ...
+    CuSeqlens(u32),
+    /// Distinct random u32 slots below this bound (reshape_and_cache slot mappings).
+    Slots(u32),
 }
 
 pub struct Input {
@@ -162,6 +171,38 @@ pub fn specs(name: &str, size: Size) -> Vec<Spec> {
                 })
                 .collect()
         }
+        "reshape_and_cache" => {
+            // Writing one prefill chunk's keys into a [blocks, kv_heads, 16, d] f32 cache.
+            let (t, kvh, d, blocks) = if large {
+                (2048, 8, 128, 4096)
+            } else {
+                (64, 2, 64, 64)
+            };
+            vec![Spec {
+                op: Op::ReshapeAndCache,
+                inputs: vec![
+                    f32s(&[t, kvh, d]),
+                    inp(&[t], Fill::Slots((blocks * 16) as u32)),
+                ],
+                dst: Some(vec![blocks, kvh, 16, d]),
+            }]
+        }
+        "paged_attention" => paged_specs(large),
+        "varlen_attention" => {
+            // BERT-base-like encoder self-attention: 32 sequences of 512 (large).
+            let (seqs, len, heads, d) = if large {
+                (32, 512, 12, 64)
+            } else {
+                (4, 64, 4, 64)
+            };
+            let cu = || inp(&[seqs + 1], Fill::CuSeqlens(len as u32));
+            let qkv = || f32s(&[seqs * len, heads, d]);
+            let op = Op::VarlenAttention {
+                scale: 1.0 / (d as f32).sqrt(),
+                causal: false,
+            };
+            vec![pure(op, vec![qkv(), qkv(), qkv(), cu(), cu()])]
+        }
         "argmax" => {
             let rows = if large { 128 } else { 4 };
             vec![pure(Op::Argmax, vec![f32s(&[rows, 128256])])]
@@ -180,6 +221,60 @@ pub fn specs(name: &str, size: Size) -> Vec<Spec> {
         }],
         _ => Vec::new(),
     }
+}
+
+/// Paged attention at a Llama-3.1-8B-like shape (32 heads, 8 kv heads, head_dim 128, block 16,
+/// bf16 cache): decode of batch 1 and 32 at context 4096 (the split-KV decode kernel), and a
+/// causal prefill of 2048 tokens (the flash-attention kernel).
+fn paged_specs(large: bool) -> Vec<Spec> {
+    let (heads, kv_heads, d, bs) = if large {
+        (32, 8, 128, 16)
+    } else {
+        (4, 1, 64, 16)
+    };
+    let shapes: &[(usize, usize, usize)] = if large {
+        // (sequences, query rows each, context)
+        &[(1, 1, 4096), (32, 1, 4096), (1, 2048, 2048)]
+    } else {
+        &[(1, 1, 256), (4, 1, 256), (1, 128, 128)]
+    };
+    let bf16 = Fill::Uniform(DType::BF16);
+    shapes
+        .iter()
+        .map(|&(seqs, q_len, ctx)| {
+            let pages = ctx.div_ceil(bs);
+            let cache = [seqs * pages, kv_heads, bs, d];
+            let op = Op::PagedAttention {
+                scale: 1.0 / (d as f32).sqrt(),
+                causal: true,
+                decode_only: q_len == 1,
+            };
+            let inputs = vec![
+                f32s(&[seqs * q_len, heads, d]),
+                inp(&cache, bf16),
+                inp(&cache, bf16),
+                inp(&[seqs, pages], Fill::PageTable),
+                inp(&[seqs], Fill::Const(ctx as u32)),
+                inp(&[seqs + 1], Fill::CuSeqlens(q_len as u32)),
+            ];
+            pure(op, inputs)
+        })
+        .collect()
+}
+
+/// Keys seen by all query rows of a varlen batch (queries at the end of their sequence's keys
+/// when causal), from per-sequence (query rows, keys).
+fn keys_seen(q_k: impl Iterator<Item = (usize, usize)>, causal: bool) -> f64 {
+    q_k.map(|(q, k)| {
+        if causal {
+            (0..q)
+                .map(|i| (k + i + 1).saturating_sub(q).min(k))
+                .sum::<usize>()
+        } else {
+            q * k
+        }
+    })
+    .sum::<usize>() as f64
 }
 
 fn tensor_bytes(t: &Tensor) -> f64 {
@@ -222,19 +317,33 @@ pub fn traffic(op: &Op, inputs: &[Tensor], dst: Option<&Tensor>) -> Result<(f64,
             (read + out, 4.0 * (heads * d * keys) as f64)
         }
         Op::CopyRows { .. } => (read + out, 0.0),
-        // The new rows are read once and written once; slots are read.
+        // The new rows (inputs [new, slots]) are read once and written once; slots are read.
         Op::ReshapeAndCache => (
-            2.0 * tensor_bytes(&inputs[1]) + tensor_bytes(&inputs[2]),
+            2.0 * tensor_bytes(&inputs[0]) + tensor_bytes(&inputs[1]),
             0.0,
         ),
-        Op::PagedAttention { .. } => {
+        Op::PagedAttention { causal, .. } => {
             // Lower bound: q, the cache pages the batch touches (at most the whole cache) and
-            // the output; 4 flops per (query, key, dim) over the context lengths given.
+            // the output; 4 flops per (query, key, dim) over the keys each query sees.
             let q = inputs[0].shape();
-            let keys: f64 = inputs[4].to_vec::<u32>()?.iter().map(|&c| c as f64).sum();
-            let seqs = inputs[4].elem_count().max(1) as f64;
-            let per_seq_rows = q[0] as f64 / seqs;
-            (read + out, 4.0 * (q[1] * q[2]) as f64 * keys * per_seq_rows)
+            let ctx = inputs[4].to_vec::<u32>()?;
+            let cu = inputs[5].to_vec::<u32>()?;
+            let per_seq = cu
+                .windows(2)
+                .zip(&ctx)
+                .map(|(w, &c)| ((w[1] - w[0]) as usize, c as usize));
+            let keys = keys_seen(per_seq, *causal);
+            (read + out, 4.0 * (q[1] * q[2]) as f64 * keys)
+        }
+        Op::VarlenAttention { causal, .. } => {
+            let q = inputs[0].shape();
+            let (cq, ck) = (inputs[3].to_vec::<u32>()?, inputs[4].to_vec::<u32>()?);
+            let per_seq = cq
+                .windows(2)
+                .zip(ck.windows(2))
+                .map(|(a, b)| ((a[1] - a[0]) as usize, (b[1] - b[0]) as usize));
+            let keys = keys_seen(per_seq, *causal);
+            (read + out, 4.0 * (q[1] * q[2]) as f64 * keys)
         }
         Op::LayerNorm { .. } | Op::Gelu { .. } | Op::QuickGelu | Op::AddRmsNorm { .. } => {
             (read + out, 0.0)
@@ -295,6 +404,30 @@ pub fn build(input: &Input, seed: u64) -> Result<Tensor> {
             Tensor::from_vec::<u32>(ids, shape)?
         }
         Fill::Positions => Tensor::from_vec::<u32>((0..n as u32).collect(), shape)?,
+        Fill::PageTable => {
+            let mut state = seed;
+            let mut pages: Vec<u32> = (0..n as u32).collect();
+            for i in (1..n).rev() {
+                pages.swap(i, (splitmix(&mut state) % (i as u64 + 1)) as usize);
+            }
+            Tensor::from_vec::<u32>(pages, shape)?
+        }
+        Fill::Const(v) => Tensor::from_vec::<u32>(vec![v; n], shape)?,
+        Fill::CuSeqlens(step) => {
+            Tensor::from_vec::<u32>((0..n as u32).map(|i| i * step).collect(), shape)?
+        }
+        Fill::Slots(bound) => {
+            // A partial shuffle: the first n of a random permutation of 0..bound.
+            let mut state = seed;
+            let mut all: Vec<u32> = (0..bound).collect();
+            let n = n.min(all.len());
+            for i in 0..n {
+                let j = i + (splitmix(&mut state) % (all.len() - i) as u64) as usize;
+                all.swap(i, j);
+            }
+            all.truncate(n);
+            Tensor::from_vec::<u32>(all, shape)?
+        }
         Fill::InvFreq => {
             let f = (0..n)
                 .map(|i| 500_000f32.powf(-((2 * i) as f32) / (2 * n) as f32))
@@ -307,7 +440,12 @@ pub fn build(input: &Input, seed: u64) -> Result<Tensor> {
 pub fn input_dtype(fill: Fill) -> DType {
     match fill {
         Fill::Uniform(d) => d,
-        Fill::Ids(_) | Fill::Positions => DType::U32,
+        Fill::Ids(_)
+        | Fill::Positions
+        | Fill::PageTable
+        | Fill::Const(_)
+        | Fill::CuSeqlens(_)
+        | Fill::Slots(_) => DType::U32,
         Fill::InvFreq => DType::F32,
     }
 }

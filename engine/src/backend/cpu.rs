@@ -28,6 +28,11 @@ impl Backend for CpuBackend {
                 matches!(dtypes, [a, b, c] if a == b && b == c && matches!(a, DType::F32 | DType::BF16))
             }
             Op::Gelu { .. } | Op::QuickGelu => matches!(dtypes, [DType::F32 | DType::BF16]),
+            Op::PagedAttention { .. } => matches!(
+                dtypes,
+                [DType::F32, k, v, DType::U32, DType::U32, DType::U32]
+                    if k == v && matches!(k, DType::F32 | DType::BF16)
+            ),
             _ => dtypes.iter().all(|d| *d == DType::F32 || *d == DType::U32),
         }
     }
@@ -242,7 +247,11 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
             };
             k::attention::attention(x.as_slice()?, kt.as_slice()?, vt.as_slice()?, out, p);
         }
-        Op::PagedAttention { scale, causal } => {
+        Op::PagedAttention {
+            scale,
+            causal,
+            decode_only,
+        } => {
             let c = inputs[1].shape();
             let p = k::paged_attention::PagedAttentionParams {
                 num_heads: x.shape()[1],
@@ -255,6 +264,7 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
                 max_blocks: inputs[3].shape()[1],
                 scale: *scale,
                 causal: *causal,
+                decode_only: *decode_only,
             };
             let batch = k::paged_attention::PagedBatch {
                 block_tables: inputs[3].as_slice()?,
@@ -267,10 +277,39 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
                     op: "paged_attention",
                     message: m,
                 })?;
-            k::paged_attention::paged_attention(
+            let q = x.as_slice()?;
+            let (kc, vc) = (&inputs[1], &inputs[2]);
+            if kc.dtype() == DType::BF16 {
+                let (kc, vc) = (kc.as_slice::<bf16>()?, vc.as_slice::<bf16>()?);
+                k::paged_attention::paged_attention(q, kc, vc, out, &batch, p);
+            } else {
+                let (kc, vc) = (kc.as_slice::<f32>()?, vc.as_slice::<f32>()?);
+                k::paged_attention::paged_attention(q, kc, vc, out, &batch, p);
+            }
+        }
+        Op::VarlenAttention { scale, causal } => {
+            let (kt, vt) = (&inputs[1], &inputs[2]);
+            let p = k::varlen_attention::VarlenAttentionParams {
+                num_heads: x.shape()[1],
+                num_kv_heads: kt.shape()[1],
+                head_dim: x.shape()[2],
+                scale: *scale,
+                causal: *causal,
+            };
+            let batch = k::varlen_attention::VarlenBatch {
+                cu_seqlens_q: inputs[3].as_slice()?,
+                cu_seqlens_k: inputs[4].as_slice()?,
+            };
+            batch
+                .validate(x.shape()[0], kt.shape()[0], *causal)
+                .map_err(|m| EngineError::Shape {
+                    op: "varlen_attention",
+                    message: m,
+                })?;
+            k::varlen_attention::varlen_attention(
                 x.as_slice()?,
-                inputs[1].as_slice()?,
-                inputs[2].as_slice()?,
+                kt.as_slice()?,
+                vt.as_slice()?,
                 out,
                 &batch,
                 p,

@@ -16,6 +16,7 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod silu_mul;
 pub mod softmax;
+pub mod varlen_attention;
 mod vecops;
 
 #[cfg(test)]

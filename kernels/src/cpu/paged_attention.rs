@@ -80,6 +80,10 @@ pub struct PagedAttentionParams {
     pub max_blocks: usize,
     pub scale: f32,
     pub causal: bool,
+    /// The caller promised one query row per sequence (`Op::PagedAttention`'s `decode_only`):
+    /// `validate` holds it to that, so a wrong promise is an error here, not a wrong kernel
+    /// choice on the GPU.
+    pub decode_only: bool,
 }
 
 /// The batch description shared by every (row, head) item.
@@ -118,6 +122,12 @@ impl PagedBatch<'_> {
                     b.wrapping_sub(a)
                 ));
             }
+            if p.decode_only && b - a != 1 {
+                return Err(format!(
+                    "sequence {s}: {} query rows in a decode_only batch (one each)",
+                    b - a
+                ));
+            }
             let pages = ctx.div_ceil(p.cache.block_size);
             if pages > p.max_blocks {
                 return Err(format!(
@@ -139,16 +149,40 @@ impl PagedBatch<'_> {
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One widened K or V row (bf16 caches).
+    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An element of a paged cache: f32, or bf16 widened (exactly) to f32 where it is used, so a
+/// bf16 cache gives bit for bit what an f32 cache holding the same values gives.
+pub trait CacheElem: Copy + Send + Sync {
+    /// `src` as f32: itself, or its values written to `buf` (at least as long).
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl CacheElem for f32 {
+    fn as_f32<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl CacheElem for half::bf16 {
+    fn as_f32<'a>(src: &'a [half::bf16], buf: &'a mut [f32]) -> &'a [f32] {
+        for (b, x) in buf.iter_mut().zip(src) {
+            *b = x.to_f32();
+        }
+        &buf[..src.len()]
+    }
 }
 
 const TASK_WORK: usize = 1 << 15;
 
-/// `q`, `out`: [rows, num_heads, head_dim]; `k_cache`, `v_cache` in the cache layout.
-/// The batch must have passed `PagedBatch::validate`.
-pub fn paged_attention(
+/// `q`, `out`: [rows, num_heads, head_dim]; `k_cache`, `v_cache` in the cache layout (f32 or
+/// bf16). The batch must have passed `PagedBatch::validate`.
+pub fn paged_attention<T: CacheElem>(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
     out: &mut [f32],
     batch: &PagedBatch<'_>,
     p: PagedAttentionParams,
@@ -195,18 +229,23 @@ pub fn paged_attention(
             c.at(slot, kvh)
         };
         SCORES.with(|sc| {
-            let mut sc = sc.borrow_mut();
-            if sc.len() < seen {
-                sc.resize(seen, 0.0);
-            }
-            let scores = &mut sc[..seen];
-            for (j, x) in scores.iter_mut().enumerate() {
-                *x = dot(qv, &k_cache[at(j)..][..d]) * p.scale;
-            }
-            softmax_in_place(scores);
-            for (j, &pj) in scores.iter().enumerate() {
-                axpy(o, pj, &v_cache[at(j)..][..d]);
-            }
+            ROW.with(|row| {
+                let (mut sc, mut row) = (sc.borrow_mut(), row.borrow_mut());
+                if sc.len() < seen {
+                    sc.resize(seen, 0.0);
+                }
+                if row.len() < d {
+                    row.resize(d, 0.0);
+                }
+                let scores = &mut sc[..seen];
+                for (j, x) in scores.iter_mut().enumerate() {
+                    *x = dot(qv, T::as_f32(&k_cache[at(j)..][..d], &mut row)) * p.scale;
+                }
+                softmax_in_place(scores);
+                for (j, &pj) in scores.iter().enumerate() {
+                    axpy(o, pj, T::as_f32(&v_cache[at(j)..][..d], &mut row));
+                }
+            })
         });
     };
     let out = &mut out[..rows * heads * d];
@@ -313,6 +352,7 @@ mod tests {
                 max_blocks,
                 scale: 0.3,
                 causal,
+                decode_only: false,
             };
             batch.validate(q_all.len() / (heads * d), &p).unwrap();
             let mut out = vec![f32::NAN; q_all.len()];
@@ -323,6 +363,52 @@ mod tests {
                 "seed {s:#x}: paged != dense for h={heads}/{kv_heads} d={d} bs={bs}"
             );
         }
+    }
+
+    /// A bf16 cache gives exactly what an f32 cache holding the same (rounded) values gives.
+    #[test]
+    fn bf16_cache_equals_f32_cache_of_the_same_values() {
+        use half::bf16;
+        let s = seed(0xa77e_0002);
+        let mut rng = Rng::new(s);
+        let cache = CacheShape {
+            num_blocks: 9,
+            num_kv_heads: 2,
+            block_size: 4,
+            head_dim: 24,
+        };
+        let k16: Vec<bf16> = rng
+            .vec(cache.len())
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let v16: Vec<bf16> = rng
+            .vec(cache.len())
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let k32: Vec<f32> = k16.iter().map(|x| x.to_f32()).collect();
+        let v32: Vec<f32> = v16.iter().map(|x| x.to_f32()).collect();
+        let batch = PagedBatch {
+            block_tables: &[3, 8, 1, 0, 5, 2, 7, 4],
+            context_lens: &[13, 6],
+            cu_seqlens: &[0, 5, 6],
+        };
+        let p = PagedAttentionParams {
+            num_heads: 6,
+            cache,
+            max_blocks: 4,
+            scale: 0.2,
+            causal: true,
+            decode_only: false,
+        };
+        batch.validate(6, &p).unwrap();
+        let q = rng.vec(6 * 6 * 24);
+        let (mut a, mut b) = (vec![f32::NAN; q.len()], vec![f32::NAN; q.len()]);
+        paged_attention(&q, &k16, &v16, &mut a, &batch, p);
+        paged_attention(&q, &k32, &v32, &mut b, &batch, p);
+        assert!(a.iter().all(|x| x.is_finite()), "seed {s:#x}");
+        assert_eq!(a, b, "seed {s:#x}");
     }
 
     #[test]
@@ -339,6 +425,7 @@ mod tests {
             max_blocks: 2,
             scale: 1.0,
             causal: true,
+            decode_only: false,
         };
         let ok = PagedBatch {
             block_tables: &[0, 1],
@@ -367,6 +454,18 @@ mod tests {
             cu_seqlens: &[0, 2],
         };
         assert!(more_q.validate(2, &p).is_err());
+        let decode = PagedAttentionParams {
+            decode_only: true,
+            ..p
+        };
+        let err = ok.validate(2, &decode).unwrap_err();
+        assert!(err.contains("2 query rows in a decode_only batch"), "{err}");
+        let one_row = PagedBatch {
+            block_tables: &[0, 1],
+            context_lens: &[5],
+            cu_seqlens: &[0, 1],
+        };
+        one_row.validate(1, &decode).unwrap();
         let mut cache_buf = vec![0f32; cache.len()];
         assert_eq!(
             reshape_and_cache(&[1.0, 2.0], &[8], &mut cache_buf, cache),

@@ -210,3 +210,104 @@ pub struct MatmulParams {
 }
 
 const _: () = assert!(size_of::<MatmulParams>() == 40 && offset_of!(MatmulParams, k) == 32);
+
+/// `kiln_reshape_and_cache_{f32,bf16}`: src [tokens, kv_heads, head_dim] written into cache
+/// [num_blocks, kv_heads, block_size, head_dim] at `slots` [tokens] (u32; u32::MAX and slots
+/// past the cache write nothing). tokens * kv_heads * head_dim < 2^32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReshapeAndCacheParams {
+    pub src: u64,
+    pub cache: u64,
+    pub slots: u64,
+    pub tokens: u64,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub block_size: u32,
+    pub num_blocks: u32,
+}
+
+/// `kiln_paged_decode_<T>_d<DP>` and `kiln_paged_prefill_<T>_d<DP>` (T the cache dtype, DP
+/// the head_dim tile: 64, 80, 96 or 128, head_dim <= DP): q, out [rows, heads, head_dim] f32;
+/// caches [num_blocks, kv_heads, block_size, head_dim]; block_tables [seqs, max_blocks],
+/// context_lens [seqs], cu_seqlens [seqs + 1] u32; `causal` 0 or 1. Decode only: keys
+/// split * split_len.. per CTA (split_len a multiple of 64); with splits > 1 the partial
+/// results go to part_out [splits, seqs, heads, head_dim] and part_lse [splits, seqs, heads]
+/// for `kiln_attention_combine_f32`, else to `out`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PagedAttentionParams {
+    pub q: u64,
+    pub k_cache: u64,
+    pub v_cache: u64,
+    pub block_tables: u64,
+    pub context_lens: u64,
+    pub cu_seqlens: u64,
+    pub out: u64,
+    pub part_out: u64,
+    pub part_lse: u64,
+    pub rows: u32,
+    pub seqs: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub block_size: u32,
+    pub num_blocks: u32,
+    pub max_blocks: u32,
+    pub split_len: u32,
+    pub splits: u32,
+    pub scale: f32,
+    pub causal: u32,
+}
+
+/// `kiln_attention_combine_f32`: merges split-KV partial outputs (normalised, with their
+/// log2-sum-exp) into out [rows, heads, head_dim].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionCombineParams {
+    pub part_out: u64,
+    pub part_lse: u64,
+    pub out: u64,
+    pub rows: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub splits: u32,
+}
+
+/// `kiln_varlen_attention_d<DP>`: q [tq, heads, head_dim], k, v [tk, kv_heads, head_dim],
+/// out [tq, heads, head_dim] f32; cu_seqlens_q, cu_seqlens_k [seqs + 1] u32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VarlenAttentionParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub cu_seqlens_q: u64,
+    pub cu_seqlens_k: u64,
+    pub out: u64,
+    pub tq: u32,
+    pub tk: u32,
+    pub seqs: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub scale: f32,
+    pub causal: u32,
+}
+
+const _: () = {
+    assert!(
+        size_of::<ReshapeAndCacheParams>() == 48
+            && offset_of!(ReshapeAndCacheParams, num_blocks) == 44
+    );
+    assert!(
+        size_of::<PagedAttentionParams>() == 120 && offset_of!(PagedAttentionParams, causal) == 116
+    );
+    assert!(
+        size_of::<AttentionCombineParams>() == 40
+            && offset_of!(AttentionCombineParams, splits) == 36
+    );
+    assert!(
+        size_of::<VarlenAttentionParams>() == 80 && offset_of!(VarlenAttentionParams, causal) == 76
+    );
+};

@@ -16,6 +16,7 @@ mod launch;
 mod ops;
 mod ops_attention;
 mod ops_matmul;
+mod ops_paged;
 mod transfer;
 
 pub use alloc::{set_guard_bytes, AllocStats, CudaBuffer, GUARD_SENTINEL};

@@ -58,8 +58,11 @@ impl Backend for CudaBackend {
             Op::CopyRows { .. } => dtypes.len() == 2 && dtypes[0] == dtypes[1],
             Op::Attention { .. } => dtypes == [F32, F32, F32],
             Op::Matmul => super::ops_matmul::supports(dtypes),
-            // Paged KV kernels: not written yet (the CPU twin is the reference).
-            Op::ReshapeAndCache | Op::PagedAttention { .. } => false,
+            Op::ReshapeAndCache => matches!(dtypes, [F32 | BF16, U32]),
+            Op::PagedAttention { .. } => {
+                matches!(dtypes, [F32, k, v, U32, U32, U32] if k == v && matches!(k, F32 | BF16))
+            }
+            Op::VarlenAttention { .. } => dtypes == [F32, F32, F32, U32, U32],
         }
     }
 
@@ -80,6 +83,18 @@ impl Backend for CudaBackend {
 
     fn execute_inplace(&self, op: &Op, dst: &mut Tensor, inputs: &[&Tensor]) -> Result<()> {
         op.check_inplace(dst, inputs)?;
+        if *op == Op::ReshapeAndCache {
+            let dtypes = [inputs[0].dtype(), inputs[1].dtype()];
+            if !self.supports(op, &dtypes) {
+                return Err(EngineError::Unsupported {
+                    op: op.name(),
+                    backend: self.name(),
+                    dtypes: dtypes.to_vec(),
+                });
+            }
+            same_device(op.name(), &[&*dst, inputs[0], inputs[1]])?;
+            return super::ops_paged::reshape_and_cache(dst, inputs[0], inputs[1]);
+        }
         let Op::CopyRows { dst_row } = *op else {
             return Err(EngineError::Unsupported {
                 op: op.name(),
@@ -370,13 +385,19 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
             super::ops_attention::attention(dev, *scale, *causal, x, o)
         }
         Op::Matmul => super::ops_matmul::run(dev, &x[0], &x[1], o),
-        Op::CopyRows { .. } | Op::ReshapeAndCache | Op::PagedAttention { .. } => {
-            Err(EngineError::Unsupported {
-                op: name,
-                backend: "cuda",
-                dtypes: x.iter().map(|t| t.dtype()).collect(),
-            })
+        Op::PagedAttention {
+            scale,
+            causal,
+            decode_only,
+        } => super::ops_paged::paged_attention(*scale, *causal, *decode_only, x, o),
+        Op::VarlenAttention { scale, causal } => {
+            super::ops_paged::varlen_attention(*scale, *causal, x, o)
         }
+        Op::CopyRows { .. } | Op::ReshapeAndCache => Err(EngineError::Unsupported {
+            op: name,
+            backend: "cuda",
+            dtypes: x.iter().map(|t| t.dtype()).collect(),
+        }),
     }
 }
 
