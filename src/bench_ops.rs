@@ -170,7 +170,7 @@ fn run_case(
         // Only the matmul weight is shared between cases: reusing any same-shaped tensor
         // once fed `add` the same buffer twice, and its one DRAM read showed up as 137% of
         // the copy ceiling (ncu: 134 MB read for two 134 MB inputs).
-        let weight = matches!(spec.op, Op::Matmul) && i == 1;
+        let weight = matches!(spec.op, Op::Matmul { .. }) && i == 1;
         if let (true, Some((shape, d, t))) = (weight, reuse.as_ref()) {
             if *shape == input.shape && *d == dtype {
                 inputs.push(t.clone());

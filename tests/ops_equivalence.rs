@@ -114,7 +114,10 @@ fn reduction_tol(d: DType) -> Check {
 fn representatives() -> Vec<Op> {
     vec![
         Op::Embedding,
-        Op::Matmul,
+        Op::Matmul {
+            bias: false,
+            residual: false,
+        },
         Op::RmsNorm { eps: 1e-5 },
         Op::Rope {
             style: RopeStyle::HalfSplit,
@@ -266,7 +269,7 @@ fn cases_for(op: &Op) -> Vec<Case> {
                 v.push(case(c, vec![inp(&[33, 31], d), src], Check::Exact));
             }
         }
-        Op::Matmul => {
+        Op::Matmul { .. } => {
             // m: the GEMV path (1, 3, 8) and the GEMM path (9, 33, 128); (n, k): odd sizes
             // (scalar paths, partial tiles), k = 3000 (several GEMV chunks, the last partial;
             // a partial GEMM k tile), large ones; a rank-3 x. f32 weights are exact f32 on

@@ -110,7 +110,14 @@ fn check_device(opts: LoadOptions) -> Result<()> {
     let backend = kiln_engine::backend::backend_for(opts.device);
     let weight = opts.dtype.unwrap_or(DType::BF16);
     let needs = [
-        (Op::Matmul, vec![DType::F32, weight]),
+        // The residual adds after o_proj and down_proj are fused into those matmuls.
+        (
+            Op::Matmul {
+                bias: false,
+                residual: true,
+            },
+            vec![DType::F32, weight, DType::F32],
+        ),
         (
             Op::Attention {
                 scale: 1.0,
@@ -302,20 +309,21 @@ impl LlamaModel {
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
         let h = x.rms_norm(&layer.input_layernorm, eps)?;
-        let attn = self.self_attention(&layer.self_attn, &h, positions, cache, index)?;
-        let x = x.add(&attn)?;
+        let x = self.self_attention(&layer.self_attn, &h, x, positions, cache, index)?;
         let h = x.rms_norm(&layer.post_attention_layernorm, eps)?;
         let m = &layer.mlp;
         let act = h
             .matmul_t(&m.gate_proj)?
             .silu_mul(&h.matmul_t(&m.up_proj)?)?;
-        Ok(x.add(&act.matmul_t(&m.down_proj)?)?)
+        Ok(act.linear(&m.down_proj, None, Some(&x))?)
     }
 
+    /// `residual` + the attention block's output (the add is fused into o_proj).
     fn self_attention(
         &self,
         a: &Attention,
         h: &Tensor,
+        residual: &Tensor,
         positions: &Tensor,
         cache: &mut KvCache,
         index: usize,
@@ -334,6 +342,7 @@ impl LlamaModel {
         let values = cache.v[index].narrow(0, 0, start + t)?;
         let scale = 1.0 / (d as f32).sqrt();
         let out = q.attention(&keys, &values, scale, true)?;
-        Ok(out.reshape(&[t, heads * d])?.matmul_t(&a.o_proj)?)
+        let out = out.reshape(&[t, heads * d])?;
+        Ok(out.linear(&a.o_proj, None, Some(residual))?)
     }
 }

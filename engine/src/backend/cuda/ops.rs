@@ -53,7 +53,7 @@ impl Backend for CudaBackend {
             }
             Op::CopyRows { .. } => dtypes.len() == 2 && dtypes[0] == dtypes[1],
             Op::Attention { .. } => dtypes == [F32, F32, F32],
-            Op::Matmul => super::ops_matmul::supports(dtypes),
+            Op::Matmul { .. } => super::ops_matmul::supports(op, dtypes),
         }
     }
 
@@ -293,7 +293,7 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
         Op::Attention { scale, causal } => {
             super::ops_attention::attention(dev, *scale, *causal, x, o)
         }
-        Op::Matmul => super::ops_matmul::run(dev, &x[0], &x[1], o),
+        Op::Matmul { .. } => super::ops_matmul::run(dev, &x[0], &x[1], o),
         Op::CopyRows { .. } => Err(EngineError::Unsupported {
             op: name,
             backend: "cuda",

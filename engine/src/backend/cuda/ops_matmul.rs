@@ -26,9 +26,15 @@ const SGEMM_TILE: usize = 64;
 const GEMM_THREADS: u32 = 256;
 
 /// Dtypes `[x, w]` with a kernel.
-pub(super) fn supports(dtypes: &[DType]) -> bool {
+pub(super) fn supports(op: &crate::op::Op, dtypes: &[DType]) -> bool {
     use DType::*;
-    matches!(dtypes, [F32, BF16 | F16 | F32])
+    matches!(
+        op,
+        crate::op::Op::Matmul {
+            bias: false,
+            residual: false
+        }
+    ) && matches!(dtypes, [F32, BF16 | F16 | F32])
 }
 
 fn dim(what: &str, v: usize) -> Result<u32> {
