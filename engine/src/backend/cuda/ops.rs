@@ -293,7 +293,7 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
         Op::Attention { scale, causal } => {
             super::ops_attention::attention(dev, *scale, *causal, x, o)
         }
-        Op::Matmul { .. } => super::ops_matmul::run(dev, &x[0], &x[1], o),
+        Op::Matmul { bias, residual } => super::ops_matmul::run(dev, x, *bias, *residual, o),
         Op::CopyRows { .. } => Err(EngineError::Unsupported {
             op: name,
             backend: "cuda",
