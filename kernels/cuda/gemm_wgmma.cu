@@ -80,8 +80,11 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-// Spins until the phase of parity `parity` has completed.
+// Spins until the phase of parity `parity` has completed. A wait of ~10 s (2^34 clocks; real
+// waits are microseconds) can only be a lost arrival: trap, so a pipeline bug surfaces as a
+// launch error instead of a process hung on the GPU.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    const long long start = clock64();
     uint32_t done;
     do {
         asm volatile(
@@ -93,6 +96,7 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
             : "=r"(done)
             : "r"(bar), "r"(parity)
             : "memory");
+        if (!done && clock64() - start > (1ll << 34)) __trap();
     } while (!done);
 }
 
