@@ -11,7 +11,8 @@
 #   a. device      nvidia-smi: name, memory, driver, max SM clock
 #   b. ceilings    torch: device-to-device copy GB/s, bf16 (and fp8) matmul TFLOP/s
 #   c. equivalence the CPU-vs-CUDA equivalence suite and the kernels'/engine's unit tests
-#   d. bench-ops   kiln bench-ops --device cuda --json: every op's GB/s (TFLOP/s)
+#   d. bench-ops   kiln bench-ops --device cuda --json: every op's GB/s (TFLOP/s), and each
+#                  matmul with m > 8 under every GEMM variant (wgmma, mma_pipe, ...)
 #   e. peers       the same ops in torch, and torch.matmul bf16 on Llama-3.1-8B shapes
 #   f. e2e         kiln bench and HF transformers: random-weight Llama-3.1-8B decode, bf16,
 #                  batch 1, 128 prompt + 256 generated tokens, against the roofline
@@ -160,21 +161,24 @@ for t in ops_equivalence:90:320 cuda_llama:60:300 kiln_kernels-lib:30:280 kiln_e
 done
 
 # ---- d. bench-ops --------------------------------------------------------------------------
-lim=$(limit 150 220)
+lim=$(limit 180 220)
 stage d "kiln bench-ops --device cuda" "$lim"
 : >"$OUT/bench-ops.jsonl"
 if [[ -x "$B/kiln" ]]; then
-    run_for "$lim" "$B/kiln" bench-ops --device cuda --json --budget-ms 200 \
+    # --gemm-variants all: each m > 8 matmul case again under every GEMM variant this card
+    # runs (KILN_GEMM names), for gpu_peers.py's variant table.
+    run_for "$lim" "$B/kiln" bench-ops --device cuda --json --budget-ms 200 --gemm-variants all \
         >"$OUT/bench-ops.jsonl" 2>"$OUT/bench-ops.log"
     rc=$?
     if ((rc != 0)) && [[ ! -s "$OUT/bench-ops.jsonl" ]]; then
         kiln_device_err="$(reason "$rc" "$lim" "$OUT/bench-ops.log")"
     fi
     n_ok=$(grep -c '"status":"ok"' "$OUT/bench-ops.jsonl")
+    n_var=$(grep -c '"variant"' "$OUT/bench-ops.jsonl")
     n_uns=$(grep -c '"status":"unsupported' "$OUT/bench-ops.jsonl")
     n_err=$(grep -c '"status":"error' "$OUT/bench-ops.jsonl")
     grep '"status":"error' "$OUT/bench-ops.jsonl" | head -n 5
-    counts="ok $n_ok, unsupported $n_uns, error $n_err"
+    counts="ok $n_ok, unsupported $n_uns, error $n_err ($n_var GEMM-variant rows)"
     echo "bench-ops: $counts (exit $rc)"
     if ((rc == 0)); then
         row kernels "bench-ops cases" "$counts" - - ok
@@ -195,7 +199,7 @@ n_before=$(wc -l <"$rows")
 run_for "$lim" "$PY" "$here/gpu_peers.py" ops --kiln "$OUT/bench-ops.jsonl" \
     --ceilings "$OUT/ceilings.json" --summary "$rows" >"$OUT/peers.log" 2>&1
 rc=$?
-tail -n 45 "$OUT/peers.log"
+tail -n 65 "$OUT/peers.log"
 if ((rc != 0)); then
     why="$(reason "$rc" "$lim" "$OUT/peers.log")"
     echo "FAIL peers: $why"

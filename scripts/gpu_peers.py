@@ -200,7 +200,9 @@ def load_json(path, default):
         return default
 
 
-def load_kiln(path):
+def load_kiln(path, variants=False):
+    """kiln's rows by (op, shape, dtype); with variants=True only the `--gemm-variants` rows,
+    by (shape, variant)."""
     rows = {}
     try:
         with open(path) as f:
@@ -208,7 +210,10 @@ def load_kiln(path):
                 line = line.strip()
                 if line.startswith("{"):
                     r = json.loads(line)
-                    rows[(r.get("op"), r.get("shape", ""), r.get("dtype", ""))] = r
+                    if variants and "variant" in r:
+                        rows[(r.get("shape", ""), r["variant"])] = r
+                    elif not variants and "variant" not in r:
+                        rows[(r.get("op"), r.get("shape", ""), r.get("dtype", ""))] = r
     except OSError:
         pass
     return rows
@@ -247,6 +252,7 @@ def ops(args, torch, rows_out):
     print(f"copy ceiling: {fmt(copy)} GB/s; kiln rows read: {len(kiln)}")
     head = f"{'op':<10} {'shape':<34} {'kiln GB/s':>9} {'%copy':>6} {'torch GB/s':>10} {'kiln TF/s':>9} {'torch TF/s':>10} {'kiln/torch':>10}  peer; kiln status"
     print(head)
+    torch_tfs = {}  # matmul shape -> torch TFLOP/s, for the GEMM variant table
     for op, shapes, dtypes, extra in CASES:
         key = shape_key(shapes)
         r = kiln.pop((op, key, dtype_key(op, dtypes, extra)), None)
@@ -261,6 +267,8 @@ def ops(args, torch, rows_out):
         except Exception as e:
             label = f"torch FAIL: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
         torch.cuda.empty_cache()
+        if op == "matmul":
+            torch_tfs[key] = t_tfs
         k_gbs = r.get("gb_s") if r else None
         k_tfs = r.get("tflop_s") if r else None
         pct = 100 * k_gbs / copy if k_gbs and copy else None
@@ -272,6 +280,45 @@ def ops(args, torch, rows_out):
         summary_row(rows_out, op, shapes, dtypes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs, ratio, copy)
     for (op, key, _), r in kiln.items():
         print(f"{op:<10} {key:<34} {fmt(r.get('gb_s')):>9}  (no torch peer at this shape); {kiln_text(r)}")
+    gemm_variants(args, torch_tfs, rows_out)
+
+
+def gemm_variants(args, torch_tfs, rows_out):
+    """kiln's matmul under each forced GEMM variant (`kiln bench-ops --gemm-variants`): one
+    table of TFLOP/s (x torch), and a summary row per variant for M = 4096."""
+    rows = load_kiln(args.kiln, variants=True)
+    order = ["auto", "wgmma", "mma_pipe", "mma_small", "mma_simple"]
+    seen = {v for _, v in rows}
+    names = [v for v in order if v in seen] + sorted(seen - set(order))
+    if not names:
+        print("GEMM variants: no --gemm-variants rows in the kiln results")
+        return
+    print()
+    print("GEMM variants, TFLOP/s (x torch.matmul bf16)")
+    print(f"{'shape':<34} {'torch':>7} " + " ".join(f"{v:>17}" for v in names))
+    at_4096 = {v: [] for v in names}
+    for key, t_tfs in torch_tfs.items():
+        if not any((key, v) in rows for v in names):
+            continue
+        cells = []
+        for v in names:
+            r = rows.get((key, v))
+            k_tfs = r.get("tflop_s") if r else None
+            ratio = k_tfs / t_tfs if k_tfs and t_tfs else None
+            if r and r.get("status") != "ok":
+                cells.append(f"{'(' + r.get('status', '?')[:14] + ')':>17}")
+            else:
+                cells.append(f"{fmt(k_tfs):>8} ({fmt(ratio, 2):>5}x)")
+            if key.startswith("[4096,"):
+                at_4096[v].append(ratio)
+        print(f"{key:<34} {fmt(t_tfs):>7} " + " ".join(cells), flush=True)
+    for v in names:
+        got = [x for x in at_4096[v] if x]
+        if not got:
+            continue
+        value = f"{min(got):.2f}..{max(got):.2f}x torch"
+        rows_out.append(("kernels", f"matmul M=4096 variant {v}", value, f"{len(got)} Llama shapes",
+                         f"min {min(got):.2f}x", "measured"))
 
 
 def summary_row(rows_out, op, shapes, dtypes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs, ratio, copy):

@@ -45,6 +45,11 @@ pub struct BenchOpsArgs {
     /// List the cases (op, shapes, dtypes) without building or running them.
     #[arg(long)]
     pub list: bool,
+    /// Also time each matmul case that reaches the tensor-core GEMMs (m > 8, 16-bit weights)
+    /// under each of these GEMM variants (names as in KILN_GEMM, or `all` for every one this
+    /// device runs); one extra row per variant, with a "variant" field. CUDA only.
+    #[arg(long, value_delimiter = ',')]
+    pub gemm_variants: Vec<String>,
 }
 
 fn to_device(t: Tensor, device: Device) -> Result<Tensor> {
@@ -170,7 +175,7 @@ fn run_case(
         // Only the matmul weight is shared between cases: reusing any same-shaped tensor
         // once fed `add` the same buffer twice, and its one DRAM read showed up as 137% of
         // the copy ceiling (ncu: 134 MB read for two 134 MB inputs).
-        let weight = matches!(spec.op, Op::Matmul) && i == 1;
+        let weight = matches!(spec.op, Op::Matmul { .. }) && i == 1;
         if let (true, Some((shape, d, t))) = (weight, reuse.as_ref()) {
             if *shape == input.shape && *d == dtype {
                 inputs.push(t.clone());
@@ -209,6 +214,10 @@ fn print_row(out: &mut impl Write, json: bool, row: &Value) -> Result<()> {
         let text = |k: &str| row[k].as_str().unwrap_or("-").to_string();
         let num = |k: &str, d: usize| row[k].as_f64().map_or("-".into(), |x| format!("{x:.d$}"));
         let (op, shape, dtype, status) = (text("op"), text("shape"), text("dtype"), text("status"));
+        let op = match row["variant"].as_str() {
+            Some(v) => format!("{op}[{v}]"),
+            None => op,
+        };
         let (us, gbs, tfs) = (num("median_us", 1), num("gb_s", 1), num("tflop_s", 3));
         writeln!(
             out,
@@ -248,6 +257,7 @@ pub fn bench_ops(args: BenchOpsArgs) -> Result<()> {
             head.0, head.1, head.2, head.3, head.4, head.5
         )?;
     }
+    let variants = gemm_variants(&args.gemm_variants, device)?;
     let (mut failed, mut reuse) = (false, None);
     for (index, name) in ALL_OPS.iter().enumerate() {
         if !args.ops.is_empty() && !args.ops.iter().any(|o| o == name) {
@@ -270,9 +280,95 @@ pub fn bench_ops(args: BenchOpsArgs) -> Result<()> {
                 .as_str()
                 .is_some_and(|s| s.starts_with("error"));
             print_row(&mut out, args.json, &row)?;
+            if reaches_gemm(spec) {
+                for v in &variants {
+                    let row = variant_row(spec, device, &args, seed, &mut reuse, v)?;
+                    failed |= row["status"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("error"));
+                    print_row(&mut out, args.json, &row)?;
+                }
+            }
         }
         reuse = None;
     }
     anyhow::ensure!(!failed, "some ops failed (status error)");
+    Ok(())
+}
+
+/// A matmul case the tensor-core GEMM variants serve: m > 8 and 16-bit weights.
+fn reaches_gemm(spec: &Spec) -> bool {
+    let rows = |s: &[usize]| s[..s.len().saturating_sub(1)].iter().product::<usize>();
+    matches!(spec.op, Op::Matmul { .. })
+        && spec.inputs.len() >= 2
+        && rows(&spec.inputs[0].shape) > 8
+        && matches!(input_dtype(spec.inputs[1].fill), DType::BF16 | DType::F16)
+}
+
+/// The variants `--gemm-variants` names (`all`: every one the device runs), checked up front.
+#[cfg(feature = "cuda")]
+fn gemm_variants(names: &[String], device: Device) -> Result<Vec<String>> {
+    use kiln_engine::backend::cuda::{gemm_variants, GemmVariant};
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Device::Cuda(ordinal) = device else {
+        anyhow::bail!("--gemm-variants: the GEMM variants are CUDA kernels (--device cuda)");
+    };
+    if names.iter().any(|n| n == "all") {
+        return Ok(gemm_variants(ordinal)?
+            .iter()
+            .map(|v| v.name().to_string())
+            .collect());
+    }
+    for n in names {
+        anyhow::ensure!(
+            GemmVariant::parse(n).is_some(),
+            "--gemm-variants: unknown variant {n:?} (auto, wgmma, mma_pipe, mma_small, mma_simple, all)"
+        );
+    }
+    Ok(names.to_vec())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gemm_variants(names: &[String], _device: Device) -> Result<Vec<String>> {
+    anyhow::ensure!(
+        names.is_empty(),
+        "--gemm-variants: this build of kiln has no CUDA backend"
+    );
+    Ok(Vec::new())
+}
+
+/// One case timed under GEMM variant `name` (forced for the duration of the case).
+fn variant_row(
+    spec: &Spec,
+    device: Device,
+    args: &BenchOpsArgs,
+    seed: u64,
+    reuse: &mut Reuse,
+    name: &str,
+) -> Result<Value> {
+    set_variant(Some(name))?;
+    let mut row = bench_case(spec, device, args, seed, reuse);
+    set_variant(None)?;
+    row["variant"] = name.into();
+    Ok(row)
+}
+
+#[cfg(feature = "cuda")]
+fn set_variant(name: Option<&str>) -> Result<()> {
+    use kiln_engine::backend::cuda::{set_gemm_variant, GemmVariant};
+    let v = match name {
+        Some(n) => Some(
+            GemmVariant::parse(n).ok_or_else(|| anyhow::anyhow!("unknown GEMM variant {n:?}"))?,
+        ),
+        None => None,
+    };
+    set_gemm_variant(v);
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn set_variant(_name: Option<&str>) -> Result<()> {
     Ok(())
 }

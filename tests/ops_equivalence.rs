@@ -94,6 +94,7 @@ enum Check {
     Exact,
 }
 
+#[derive(Clone)]
 struct Case {
     op: Op,
     inputs: Vec<Input>,
@@ -131,7 +132,10 @@ fn reduction_tol(d: DType) -> Check {
 fn representatives() -> Vec<Op> {
     vec![
         Op::Embedding,
-        Op::Matmul,
+        Op::Matmul {
+            bias: false,
+            residual: false,
+        },
         Op::RmsNorm { eps: 1e-5 },
         Op::Rope {
             style: RopeStyle::HalfSplit,
@@ -385,11 +389,15 @@ fn cases_for(op: &Op) -> Vec<Case> {
                 v.push(varlen_case(&spec));
             }
         }
-        Op::Matmul => {
+        Op::Matmul { .. } => {
             // m: the GEMV path (1, 3, 8) and the GEMM path (9, 33, 128); (n, k): odd sizes
-            // (scalar paths, partial tiles), k = 3000 (several GEMV chunks, the last partial;
-            // a partial GEMM k tile), large ones; a rank-3 x. f32 weights are exact f32 on
-            // CUDA; 16-bit weights multiply x rounded to bf16 on the tensor-core path.
+            // (scalar paths, partial tiles), k = 3000 (several GEMV chunks, the last partial,
+            // split over k; a partial GEMM k tile; k % 8 == 0 for the pipelined GEMMs, while
+            // k = 31 / 33 take mma_simple), large ones (k = 1024 / 2048 wrap the 4-stage rings
+            // several times; 520 x 600 has full tiles and an even n); a rank-3 x. f32 weights
+            // are exact f32 on CUDA; 16-bit weights multiply x rounded to bf16 (f16 for f16
+            // weights) on the tensor-core paths. Each m > 8 case with 16-bit weights runs once
+            // per GEMM variant (see `gemm_variants_for`).
             for w in [F32, BF16, F16] {
                 let tol = Check::Nmse(if w == F32 { 1e-7 } else { 5e-4 });
                 let mut mm = |x: &[usize], n: usize| {
@@ -404,7 +412,27 @@ fn cases_for(op: &Op) -> Vec<Case> {
                 mm(&[1, 4096], 4096);
                 mm(&[8, 4096], 1031);
                 mm(&[300, 1024], 1027);
+                mm(&[520, 2048], 600);
                 mm(&[2, 5, 64], 33);
+                // The fused epilogue: + bias [n], + residual [m, n], both; GEMV (m = 1 with
+                // k = 14336 is split over k, so the reduction kernel adds them), GEMMs.
+                for (m, n, k) in [
+                    (1, 64, 14336),
+                    (8, 33, 64),
+                    (33, 100, 3000),
+                    (300, 1027, 1024),
+                ] {
+                    for (bias, residual) in [(true, false), (false, true), (true, true)] {
+                        let mut ins = vec![inp(&[m, k], F32), inp(&[n, k], w)];
+                        if bias {
+                            ins.push(inp(&[n], F32));
+                        }
+                        if residual {
+                            ins.push(inp(&[m, n], F32));
+                        }
+                        v.push(case(Op::Matmul { bias, residual }, ins, tol));
+                    }
+                }
             }
         }
         Op::Attention { .. } => {
@@ -441,6 +469,25 @@ fn cases_for(op: &Op) -> Vec<Case> {
         }
     }
     v
+}
+
+/// The GEMM variants a case runs under: each one `variants` lists for a matmul that reaches
+/// the tensor-core GEMMs (m > 8, 16-bit weights), plus auto; `None` (whatever is set) for
+/// every other case.
+fn gemm_variants_for(c: &Case, variants: &[cuda::GemmVariant]) -> Vec<Option<cuda::GemmVariant>> {
+    let gemm = matches!(c.op, Op::Matmul { .. })
+        && matches!(c.inputs[1].dtype, DType::BF16 | DType::F16)
+        && c.inputs[0].shape[..c.inputs[0].shape.len() - 1]
+            .iter()
+            .product::<usize>()
+            > 8;
+    if !gemm || variants.is_empty() {
+        return vec![None];
+    }
+    std::iter::once(cuda::GemmVariant::Auto)
+        .chain(variants.iter().copied())
+        .map(Some)
+        .collect()
 }
 
 /// The host data of one input: the tensor in its own dtype and the f32 twin (same values).
@@ -737,6 +784,13 @@ fn cuda_matches_cpu() {
         cuda::set_guard_bytes(4096);
         cuda::set_sync_launches(true);
     }
+    // GEMM variants to verify one by one (forced with set_gemm_variant).
+    let variants = match &gpu {
+        Ok(()) => cuda::gemm_variants(0).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
+    println!("gemm variants: auto + {names:?} for matmul cases with m > 8 and 16-bit weights");
     println!("seed: {SEED:#x} (case k uses seed + k)");
     println!(
         "{:<10} {:>4}  {:<6} {:<60} detail",
@@ -745,14 +799,22 @@ fn cuda_matches_cpu() {
     let (mut pass, mut fail, mut skip) = (0, 0, 0);
     let mut k = 0u64;
     for op in selected {
-        for c in cases_for(op) {
+        for (c, gemm) in cases_for(op).into_iter().flat_map(|c| {
+            gemm_variants_for(&c, &variants)
+                .into_iter()
+                .map(move |g| (c.clone(), g))
+        }) {
             let outcome = match &gpu {
                 Err(why) => Outcome::Skip(format!("no GPU: {why}")),
                 Ok(()) => {
+                    cuda::set_gemm_variant(gemm);
                     let mut rng = Rng(SEED + k);
-                    run_case(&c, &mut rng).unwrap_or_else(Outcome::Fail)
+                    let r = run_case(&c, &mut rng).unwrap_or_else(Outcome::Fail);
+                    cuda::set_gemm_variant(None);
+                    r
                 }
             };
+            let tag_gemm = gemm.map_or(String::new(), |g| format!(" gemm={}", g.name()));
             let (tag, detail) = match outcome {
                 Outcome::Pass(d) => {
                     pass += 1;
@@ -770,7 +832,7 @@ fn cuda_matches_cpu() {
             println!(
                 "{:<10} {k:>4}  {tag:<6} {:<60} {detail}",
                 c.op.name(),
-                describe(&c)
+                format!("{}{tag_gemm}", describe(&c))
             );
             k += 1;
         }

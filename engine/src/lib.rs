@@ -18,6 +18,9 @@ pub mod scheduler;
 pub mod storage;
 pub mod tensor;
 
+#[cfg(test)]
+mod linear_tests;
+
 pub use backend::{Backend, Device};
 pub use dtype::{DType, Element};
 pub use error::{EngineError, Result};

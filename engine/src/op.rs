@@ -13,8 +13,9 @@ pub use kiln_kernels::cpu::rope::RopeStyle;
 pub enum Op {
     /// [table [vocab, hidden] (f32/bf16/f16/q8_0/q4_0/q4_1), ids [n] (u32/i32)] -> [n, hidden] f32
     Embedding,
-    /// [x [.., k] f32, w [n, k] (f32/bf16/f16/q8_0/q4_0/q4_1)] -> [.., n] f32
-    Matmul,
+    /// [x [.., k] f32, w [n, k] (f32/bf16/f16/q8_0/q4_0/q4_1), bias [n] f32 if `bias`,
+    /// residual [.., n] f32 if `residual`] -> x·wᵀ + bias + residual, [.., n] f32
+    Matmul { bias: bool, residual: bool },
     /// [x [.., h], w [h]] f32 (or bf16 where the backend supports it) -> [.., h]
     RmsNorm { eps: f32 },
     /// [x [tokens, heads, d] f32 (or bf16), positions [tokens] u32, inv_freq [d/2] f32] -> same as x
@@ -101,7 +102,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Embedding => "embedding",
-            Op::Matmul => "matmul",
+            Op::Matmul { .. } => "matmul",
             Op::RmsNorm { .. } => "rmsnorm",
             Op::Rope { .. } => "rope",
             Op::SiluMul => "silu_mul",
@@ -127,7 +128,8 @@ impl Op {
         match self {
             Op::Softmax { .. } | Op::Scale { .. } | Op::Argmax | Op::Cast { .. } => 1,
             Op::CopyRows { .. } => 1,
-            Op::Embedding | Op::Matmul | Op::RmsNorm { .. } | Op::SiluMul | Op::Add | Op::Mul => 2,
+            Op::Matmul { bias, residual } => 2 + usize::from(*bias) + usize::from(*residual),
+            Op::Embedding | Op::RmsNorm { .. } | Op::SiluMul | Op::Add | Op::Mul => 2,
             Op::Rope { .. } | Op::Attention { .. } => 3,
             Op::ReshapeAndCache => 2,
             Op::PagedAttention { .. } => 6,
@@ -158,7 +160,7 @@ impl Op {
                 want_rank(name, "ids", ids, 1)?;
                 Ok((vec![ids.shape()[0], table.shape()[1]], DType::F32))
             }
-            Op::Matmul => {
+            Op::Matmul { bias, residual } => {
                 let w = inputs[1];
                 want_f32(name, x)?;
                 want_weight(name, w)?;
@@ -176,6 +178,33 @@ impl Op {
                 }
                 let mut shape = x.shape().to_vec();
                 shape[x.rank() - 1] = w.shape()[0];
+                let mut extra = inputs[2..].iter();
+                if *bias {
+                    let b = extra
+                        .next()
+                        .copied()
+                        .ok_or_else(|| shape_err(name, "no bias"))?;
+                    want_f32(name, b)?;
+                    if b.shape() != [w.shape()[0]] {
+                        return Err(shape_err(
+                            name,
+                            format!("bias {:?} for weight {:?}", b.shape(), w.shape()),
+                        ));
+                    }
+                }
+                if *residual {
+                    let r = extra
+                        .next()
+                        .copied()
+                        .ok_or_else(|| shape_err(name, "no residual"))?;
+                    want_f32(name, r)?;
+                    if r.shape() != shape.as_slice() {
+                        return Err(shape_err(
+                            name,
+                            format!("residual {:?} for output {shape:?}", r.shape()),
+                        ));
+                    }
+                }
                 Ok((shape, DType::F32))
             }
             Op::RmsNorm { .. } => {

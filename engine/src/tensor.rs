@@ -385,7 +385,25 @@ impl Tensor {
 
     /// `self` [.., K] times `w` [N, K] transposed -> [.., N].
     pub fn matmul_t(&self, w: &Tensor) -> Result<Tensor> {
-        self.apply(Op::Matmul, &[w])
+        self.linear(w, None, None)
+    }
+
+    /// A linear layer in one op: `self` [.., K] · `w` [N, K]ᵀ + `bias` [N] + `residual`
+    /// [.., N] (both f32, both optional), added in that order.
+    pub fn linear(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let op = Op::Matmul {
+            bias: bias.is_some(),
+            residual: residual.is_some(),
+        };
+        let mut others = vec![w];
+        others.extend(bias);
+        others.extend(residual);
+        self.apply(op, &others)
     }
 
     /// Rows of `self` (a [vocab, hidden] table) selected by `ids`.

@@ -1,8 +1,11 @@
-// out[m, n] = sum_k x[m, k] * w[n, k] (CPU twin: src/cpu/matmul.rs). x f32 [m, k] row-major,
-// w [n, k] row-major in bf16, f16 or f32, out f32 [m, n]; f32 accumulation everywhere. The
-// summation order differs from the CPU twin, so results agree to rounding (NMSE), not bits.
+// out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]) (+ residual[m, n]) (CPU twin: src/cpu/matmul.rs,
+// `linear`). x f32 [m, k] row-major, w [n, k] row-major in bf16, f16 or f32, out f32 [m, n];
+// f32 accumulation everywhere. The summation order differs from the CPU twin, so results agree
+// to rounding (NMSE), not bits; the epilogue adds (acc + bias) + residual as the twin does.
 //
-// Three kernel families, picked by the launcher (engine/src/backend/cuda/ops_matmul.rs):
+// This file holds the GEMV, the simple tensor-core GEMM, the SGEMM and the split-K reduction;
+// the pipelined tensor-core GEMMs are in gemm_mma.cu (sm_80+) and gemm_wgmma.cu (sm_90a). The
+// launcher (engine/src/backend/cuda/ops_matmul.rs) picks one per call:
 //
 // - GEMV, m <= 8 (decode): memory-bound on w. `kiln_gemv_<w>_m<M>` handles any m <= M
 //   (M in 1, 4, 8). A block is GEMV_WARPS warps; each warp owns GEMV_ROWS consecutive rows of
@@ -11,32 +14,34 @@
 //   columns in dynamic shared memory ([m][GEMV_KC] f32). Each warp reduces its dot products
 //   with shuffles. Rows past n are clamped to n - 1 (read, never written) so every warp reaches
 //   the barriers. A scalar path handles k not a multiple of the pack or unaligned w.
-//   Launch: grid = ceil(n / (GEMV_WARPS * GEMV_ROWS)), block = 32 * GEMV_WARPS,
-//   dynamic shared = ((m - 1) * (8192 / M) + min(k, 8192 / M)) * 4 bytes (at most 32 KiB).
+//   Split-K (blockIdx.y = split, when `partial` is set): a block covers k_split columns (a
+//   multiple of the chunk) and writes raw sums to partial[split]; kiln_matmul_reduce adds
+//   the splits and applies the epilogue. The launcher splits only when one block per 16 rows
+//   would leave the card short of blocks and k spans several chunks (Llama's down_proj,
+//   k = 14336 at m = 1: 256 blocks for 132 SMs, each staging x twice between bursts of loads).
+//   Launch: grid = (ceil(n / (GEMV_WARPS * GEMV_ROWS)), splits), block = 32 * GEMV_WARPS,
+//   dynamic shared = ((m - 1) * (8192 / M) + min(k_split, 8192 / M)) * 4 bytes (at most 32 KiB).
 //
-// - GEMM on tensor cores, m > 8, bf16/f16 weights: `kiln_gemm_<w>`. Block tile 128 x 128 x 32,
-//   256 threads as 2 x 4 warps of 64 x 32, mma.sync m16n8k16 bf16 -> f32. Tiles are staged in
-//   shared memory as bf16 (x rounded f32 -> bf16 to nearest even; f16 weights are also
-//   rounded to bf16, so both dtypes share one kernel: the bf16-matmul tolerance applies),
-//   with the next tile prefetched into registers while the current one is multiplied.
-//   Out-of-range rows / columns / k are zero-filled, so any m, n, k works.
+// - Simple tensor-core GEMM, m > 8, bf16/f16 weights: `kiln_gemm_simple_<w>`, the fallback of
+//   the pipelined kernels (any k, any alignment). Block tile 128 x 128 x 32, 256 threads as
+//   2 x 4 warps of 64 x 32, mma.sync m16n8k16 bf16 -> f32. Tiles are staged in shared memory as
+//   bf16 (x rounded f32 -> bf16 to nearest even; f16 weights are also rounded to bf16, so both
+//   dtypes share one kernel: the bf16-matmul tolerance applies), with the next tile prefetched
+//   into registers while the current one is multiplied. Out-of-range rows / columns / k are
+//   zero-filled, so any m, n, k works.
 //   Launch: grid = (ceil(n / 128), ceil(m / 128)), block = 256, no dynamic shared memory.
 //
 // - SGEMM, m > 8, f32 weights: `kiln_sgemm_f32`, exact f32 FFMA. Block tile 64 x 64 x 16,
 //   256 threads of 4 x 4 outputs each, register prefetch of the next tile.
 //   Launch: grid = (ceil(n / 64), ceil(m / 64)), block = 256, no dynamic shared memory.
-#include "common.cuh"
+//
+// - `kiln_matmul_reduce`: the split-K sum + epilogue, grid-stride over m * n (4 per step).
+//   Launch: as binary.cu (256 threads, up to 8 blocks per SM).
+#include "matmul.cuh"
 
 namespace kiln {
 
-template <typename W> struct MatmulParams {
-    const float* x;  // [m, k]
-    const W* w;      // [n, k]
-    float* out;      // [m, n]; must not alias x or w
-    uint32_t m;
-    uint32_t n;
-    uint32_t k;
-};
+template <typename W> using XParams = MatmulParams<float, W>;
 
 // ---------------------------------------------------------------------------------------------
 // GEMV
@@ -49,7 +54,7 @@ constexpr int GEMV_UNROLL = 2;
 template <int M> struct GemvChunk { static constexpr uint32_t KC = 8192 / M; };
 
 template <typename W, int M>
-__device__ __forceinline__ void gemv(const MatmulParams<W>& p) {
+__device__ __forceinline__ void gemv(const XParams<W>& p) {
     extern __shared__ uint4 xs4[];  // [m][GEMV_KC] f32
     constexpr uint32_t GEMV_KC = GemvChunk<M>::KC;
     static_assert(GEMV_KC % (32 * 8 * GEMV_UNROLL) == 0, "chunk of whole steps");
@@ -71,8 +76,10 @@ __device__ __forceinline__ void gemv(const MatmulParams<W>& p) {
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; ++r) acc[i][r] = 0.0f;
 
-    for (uint32_t k0 = 0; k0 < k; k0 += GEMV_KC) {
-        const uint32_t kc = min(GEMV_KC, k - k0);
+    // This block's columns: all of k, or split blockIdx.y's k_split of them.
+    const uint32_t k_begin = blockIdx.y * p.k_split, k_end = min(k, k_begin + p.k_split);
+    for (uint32_t k0 = k_begin; k0 < k_end; k0 += GEMV_KC) {
+        const uint32_t kc = min(GEMV_KC, k_end - k0);
         __syncthreads();  // the previous chunk is consumed
         for (uint32_t mi = 0; mi < m; ++mi) {
             const float* src = p.x + uint64_t(mi) * k + k0;
@@ -129,7 +136,13 @@ __device__ __forceinline__ void gemv(const MatmulParams<W>& p) {
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; ++r) {
             const float s = warp_sum(acc[i][r]);
-            if (lane == 0 && row0 + r < n) p.out[uint64_t(i) * n + row0 + r] = s;
+            if (lane != 0 || row0 + r >= n) continue;
+            const uint64_t at = uint64_t(i) * n + row0 + r;
+            if (p.partial) {
+                p.partial[uint64_t(blockIdx.y) * m * n + at] = s;
+            } else {
+                p.out[at] = epilogue(p, s, i, row0 + r);
+            }
         }
     }
 }
@@ -137,17 +150,9 @@ __device__ __forceinline__ void gemv(const MatmulParams<W>& p) {
 // ---------------------------------------------------------------------------------------------
 // Tensor-core GEMM (bf16 mma.sync, f32 accumulate)
 
-constexpr int BM = 128, BN = 128, BK = 32;
+constexpr int BM = 128, BN = 128, BK = 32;  // the simple GEMM's block tile
 constexpr int LDS = BK + 8;  // smem row stride in bf16: 80 bytes, conflict-free fragment reads
 constexpr int GEMM_THREADS = 256;
-
-__device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, const uint32_t* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
@@ -159,7 +164,7 @@ template <typename W> __device__ __forceinline__ uint32_t pack_w2(W lo, W hi) {
 }
 
 template <typename W>
-__device__ __forceinline__ void gemm_mma(const MatmulParams<W>& p) {
+__device__ __forceinline__ void gemm_simple(const XParams<W>& p) {
     static_assert(sizeof(W) == 2, "16-bit weights");
     __shared__ __align__(16) bf16 as[BM * LDS];
     __shared__ __align__(16) bf16 bs[BN * LDS];
@@ -258,24 +263,19 @@ __device__ __forceinline__ void gemm_mma(const MatmulParams<W>& p) {
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) mma_bf16(acc[i][j], af[i], bf[j]);
+                for (int j = 0; j < 4; ++j) mma_16816<bf16>(acc[i][j], af[i], bf[j]);
         }
     }
 
+    const bool pairs = pairs_ok(p);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const uint32_t row = m0 + wm * 64 + i * 16 + g;
             const uint32_t col = n0 + wn * 32 + j * 8 + tig * 2;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const uint32_t r = row + 8 * h;
-                if (r >= m) continue;
-                float* o = p.out + uint64_t(r) * n + col;
-                if (col < n) o[0] = acc[i][j][2 * h];
-                if (col + 1 < n) o[1] = acc[i][j][2 * h + 1];
-            }
+            store_pair(p, pairs, 0, row, col, acc[i][j][0], acc[i][j][1]);
+            store_pair(p, pairs, 0, row + 8, col, acc[i][j][2], acc[i][j][3]);
         }
     }
 }
@@ -285,7 +285,7 @@ __device__ __forceinline__ void gemm_mma(const MatmulParams<W>& p) {
 
 constexpr int SBM = 64, SBN = 64, SBK = 16;
 
-__device__ __forceinline__ void sgemm(const MatmulParams<float>& p) {
+__device__ __forceinline__ void sgemm(const XParams<float>& p) {
     __shared__ __align__(16) float sa[SBK][SBM + 4];
     __shared__ __align__(16) float sb[SBK][SBN + 4];
     const uint32_t m = p.m, n = p.n, k = p.k;
@@ -349,14 +349,48 @@ __device__ __forceinline__ void sgemm(const MatmulParams<float>& p) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const uint32_t c = n0 + tx + 16 * j;
-            if (c < n) p.out[uint64_t(r) * n + c] = acc[i][j];
+            if (c < n) p.out[uint64_t(r) * n + c] = epilogue(p, acc[i][j], r, c);
         }
     }
 }
 
-// Layout shared with src/cuda/params.rs (which asserts the same numbers).
-static_assert(sizeof(MatmulParams<float>) == 40 && offsetof(MatmulParams<float>, k) == 32, "params layout");
-static_assert(sizeof(MatmulParams<bf16>) == 40 && offsetof(MatmulParams<bf16>, k) == 32, "params layout");
+// ---------------------------------------------------------------------------------------------
+// Split-K reduction + epilogue
+
+__device__ __forceinline__ void reduce_splits(const ReduceParams& p) {
+    const uint64_t count = p.count;
+    const bool vec = p.n % 4 == 0 && aligned16(p.partial) && aligned16(p.out) &&
+                     (!p.residual || aligned16(p.residual)) && (!p.bias || aligned16(p.bias));
+    auto sum = [&](uint64_t i) {
+        float s = p.partial[i];
+        for (uint32_t z = 1; z < p.splits; ++z) s += p.partial[z * count + i];
+        return s;
+    };
+    grid_stride<4>(
+        count, vec,
+        [&](uint64_t i) {  // 4 columns of one row: n is a multiple of 4
+            float4 s = *reinterpret_cast<const float4*>(p.partial + i);
+            for (uint32_t z = 1; z < p.splits; ++z) {
+                const float4 t = *reinterpret_cast<const float4*>(p.partial + z * count + i);
+                s.x += t.x, s.y += t.y, s.z += t.z, s.w += t.w;
+            }
+            if (p.bias) {
+                const float4 b = *reinterpret_cast<const float4*>(p.bias + i % p.n);
+                s.x += b.x, s.y += b.y, s.z += b.z, s.w += b.w;
+            }
+            if (p.residual) {
+                const float4 r = *reinterpret_cast<const float4*>(p.residual + i);
+                s.x += r.x, s.y += r.y, s.z += r.z, s.w += r.w;
+            }
+            *reinterpret_cast<float4*>(p.out + i) = s;
+        },
+        [&](uint64_t i) {
+            float s = sum(i);
+            if (p.bias) s += p.bias[i % p.n];
+            if (p.residual) s += p.residual[i];
+            p.out[i] = s;
+        });
+}
 
 }  // namespace kiln
 
@@ -365,15 +399,16 @@ using namespace kiln;
 #define KILN_GEMV_THREADS (32 * 4)
 static_assert(KILN_GEMV_THREADS == 32 * GEMV_WARPS, "GEMV block size");
 
-extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f32_m1(MatmulParams<float> p) { gemv<float, 1>(p); }
-extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f32_m4(MatmulParams<float> p) { gemv<float, 4>(p); }
-extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f32_m8(MatmulParams<float> p) { gemv<float, 8>(p); }
-extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_bf16_m1(MatmulParams<bf16> p) { gemv<bf16, 1>(p); }
-extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_bf16_m4(MatmulParams<bf16> p) { gemv<bf16, 4>(p); }
-extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_bf16_m8(MatmulParams<bf16> p) { gemv<bf16, 8>(p); }
-extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f16_m1(MatmulParams<f16> p) { gemv<f16, 1>(p); }
-extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f16_m4(MatmulParams<f16> p) { gemv<f16, 4>(p); }
-extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f16_m8(MatmulParams<f16> p) { gemv<f16, 8>(p); }
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS) kiln_gemm_bf16(MatmulParams<bf16> p) { gemm_mma<bf16>(p); }
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS) kiln_gemm_f16(MatmulParams<f16> p) { gemm_mma<f16>(p); }
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS) kiln_sgemm_f32(MatmulParams<float> p) { sgemm(p); }
+extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f32_m1(XParams<float> p) { gemv<float, 1>(p); }
+extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f32_m4(XParams<float> p) { gemv<float, 4>(p); }
+extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f32_m8(XParams<float> p) { gemv<float, 8>(p); }
+extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_bf16_m1(XParams<bf16> p) { gemv<bf16, 1>(p); }
+extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_bf16_m4(XParams<bf16> p) { gemv<bf16, 4>(p); }
+extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_bf16_m8(XParams<bf16> p) { gemv<bf16, 8>(p); }
+extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f16_m1(XParams<f16> p) { gemv<f16, 1>(p); }
+extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f16_m4(XParams<f16> p) { gemv<f16, 4>(p); }
+extern "C" __global__ void __launch_bounds__(KILN_GEMV_THREADS) kiln_gemv_f16_m8(XParams<f16> p) { gemv<f16, 8>(p); }
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS) kiln_gemm_simple_bf16(XParams<bf16> p) { gemm_simple<bf16>(p); }
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS) kiln_gemm_simple_f16(XParams<f16> p) { gemm_simple<f16>(p); }
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS) kiln_sgemm_f32(XParams<float> p) { sgemm(p); }
+extern "C" __global__ void kiln_matmul_reduce(ReduceParams p) { reduce_splits(p); }

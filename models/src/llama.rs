@@ -136,7 +136,14 @@ fn check_device(opts: LoadOptions) -> Result<()> {
     let backend = kiln_engine::backend::backend_for(opts.device);
     let weight = opts.dtype.unwrap_or(DType::BF16);
     let needs = [
-        (Op::Matmul, vec![DType::F32, weight]),
+        // The residual adds after o_proj and down_proj are fused into those matmuls.
+        (
+            Op::Matmul {
+                bias: false,
+                residual: true,
+            },
+            vec![DType::F32, weight, DType::F32],
+        ),
         (
             Op::Attention {
                 scale: 1.0,
@@ -405,20 +412,21 @@ impl LlamaModel {
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
         let h = x.rms_norm(&layer.input_layernorm, eps)?;
-        let attn = self.self_attention(&layer.self_attn, &h, positions, attend)?;
-        let x = x.add(&attn)?;
+        let x = self.self_attention(&layer.self_attn, &h, x, positions, attend)?;
         let h = x.rms_norm(&layer.post_attention_layernorm, eps)?;
         let m = &layer.mlp;
         let act = h
             .matmul_t(&m.gate_proj)?
             .silu_mul(&h.matmul_t(&m.up_proj)?)?;
-        Ok(x.add(&act.matmul_t(&m.down_proj)?)?)
+        Ok(act.linear(&m.down_proj, None, Some(&x))?)
     }
 
+    /// `residual` + the attention block's output (the add is fused into o_proj).
     fn self_attention(
         &self,
         a: &Attention,
         h: &Tensor,
+        residual: &Tensor,
         positions: &Tensor,
         attend: &mut dyn FnMut(Tensor, Tensor, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
@@ -429,8 +437,8 @@ impl LlamaModel {
         let q = rope(h.matmul_t(&a.q_proj)?.reshape(&[t, heads, d])?)?;
         let k = rope(h.matmul_t(&a.k_proj)?.reshape(&[t, kv_heads, d])?)?;
         let v = h.matmul_t(&a.v_proj)?.reshape(&[t, kv_heads, d])?;
-        let out = attend(q, k, v)?;
-        Ok(out.reshape(&[t, heads * d])?.matmul_t(&a.o_proj)?)
+        let out = attend(q, k, v)?.reshape(&[t, heads * d])?;
+        Ok(out.linear(&a.o_proj, None, Some(residual))?)
     }
 }
 

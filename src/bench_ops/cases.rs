@@ -104,7 +104,11 @@ pub fn specs(name: &str, size: Size) -> Vec<Spec> {
             for &(n, k) in nks {
                 for &m in ms {
                     let w = inp(&[n, k], Fill::Uniform(DType::BF16));
-                    v.push(pure(Op::Matmul, vec![f32s(&[m, k]), w]));
+                    let op = Op::Matmul {
+                        bias: false,
+                        residual: false,
+                    };
+                    v.push(pure(op, vec![f32s(&[m, k]), w]));
                 }
             }
             v
@@ -299,7 +303,7 @@ pub fn traffic(op: &Op, inputs: &[Tensor], dst: Option<&Tensor>) -> Result<(f64,
             let row = tensor_bytes(table) / table.shape()[0] as f64;
             (tensor_bytes(ids) + row * ids.elem_count() as f64 + out, 0.0)
         }
-        Op::Matmul => {
+        Op::Matmul { .. } => {
             let (x, w) = (&inputs[0], &inputs[1]);
             let m = x.elem_count() / x.shape()[x.rank() - 1];
             let (n, k) = (w.shape()[0], w.shape()[1]);

@@ -19,7 +19,9 @@ impl Backend for CpuBackend {
     fn supports(&self, op: &Op, dtypes: &[DType]) -> bool {
         match op {
             Op::Embedding => matches!(dtypes, [t, DType::U32 | DType::I32] if t.is_weight()),
-            Op::Matmul => matches!(dtypes, [DType::F32, w] if w.is_weight()),
+            // bias / residual: f32 (`Op::check` has placed them).
+            Op::Matmul { .. } => matches!(dtypes, [DType::F32, w, rest @ ..]
+                if w.is_weight() && rest.iter().all(|d| *d == DType::F32)),
             Op::Cast { to } => to.is_float() && dtypes.iter().all(|d| d.is_weight()),
             Op::CopyRows { .. } => true,
             Op::ReshapeAndCache => matches!(dtypes, [DType::F32 | DType::BF16, DType::U32]),
@@ -183,7 +185,7 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
             let ids = ids_u32(ids, vocab)?;
             k::embedding::embedding(weights(table)?, table.shape()[1], &ids, out);
         }
-        Op::Matmul => {
+        Op::Matmul { bias, residual } => {
             let w = &inputs[1];
             let kk = last(x);
             let p = k::matmul::MatmulParams {
@@ -191,7 +193,14 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
                 n: w.shape()[0],
                 k: kk,
             };
-            k::matmul::matmul(x.as_slice()?, weights(w)?, out, p);
+            let mut extra = inputs[2..].iter();
+            let bias = if *bias { extra.next() } else { None };
+            let residual = if *residual { extra.next() } else { None };
+            let epilogue = k::matmul::Epilogue {
+                bias: bias.map(|t| t.as_slice()).transpose()?,
+                residual: residual.map(|t| t.as_slice()).transpose()?,
+            };
+            k::matmul::linear(x.as_slice()?, weights(w)?, epilogue, out, p);
         }
         Op::RmsNorm { eps } => {
             let cols = last(x);

@@ -37,6 +37,62 @@ pub fn matmul(x: &[f32], w: WeightSlice<'_>, out: &mut [f32], p: MatmulParams) {
     matmul_with(x, w, out, p, Isa::detect());
 }
 
+/// The optional terms of a linear layer added to the product: `bias` [n] and `residual`
+/// [m, n], both f32.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+}
+
+/// out[i, j] = (x·wᵀ)[i, j] + bias[j] + residual[i, j], added in that order (the CUDA kernels'
+/// epilogues use the same order, so with the product equal the sums are equal). Any weight
+/// dtype, quantized ones included: the terms are added to the finished dot products.
+pub fn linear(
+    x: &[f32],
+    w: WeightSlice<'_>,
+    epilogue: Epilogue<'_>,
+    out: &mut [f32],
+    p: MatmulParams,
+) {
+    matmul(x, w, out, p);
+    add_epilogue(epilogue, out, p);
+}
+
+fn add_epilogue(e: Epilogue<'_>, out: &mut [f32], p: MatmulParams) {
+    let MatmulParams { m, n, .. } = p;
+    if let Some(b) = e.bias {
+        assert!(
+            b.len() >= n,
+            "matmul: bias has {} elements, need {n}",
+            b.len()
+        );
+    }
+    if let Some(r) = e.residual {
+        assert!(
+            r.len() >= m * n,
+            "matmul: residual has {} elements, need {}",
+            r.len(),
+            m * n
+        );
+    }
+    if n == 0 {
+        return;
+    }
+    for (i, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
+        if let Some(b) = e.bias {
+            for (o, &v) in row.iter_mut().zip(b) {
+                *o += v;
+            }
+        }
+        if let Some(r) = e.residual {
+            for (o, &v) in row.iter_mut().zip(&r[i * n..(i + 1) * n]) {
+                *o += v;
+            }
+        }
+    }
+}
+
 /// Instruction set a call runs on; `Portable` is the reference fallback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
@@ -435,169 +491,5 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cpu::testutil::{assert_close, seed, Rng};
-
-    fn reference(x: &[f32], w: &[f32], p: MatmulParams) -> Vec<f64> {
-        let mut out = vec![0f64; p.m * p.n];
-        for i in 0..p.m {
-            for j in 0..p.n {
-                out[i * p.n + j] = (0..p.k)
-                    .map(|t| x[i * p.k + t] as f64 * w[j * p.k + t] as f64)
-                    .sum();
-            }
-        }
-        out
-    }
-
-    const SHAPES: &[(usize, usize, usize)] = &[
-        (1, 1, 1),
-        (1, 31, 33),
-        (1, 32, 32),
-        (1, 33, 31),
-        (3, 33, 32),
-        (4, 31, 33),
-        (5, 32, 31),
-        (33, 33, 33),
-        (1, 1536, 576),
-        (1, 576, 1536),
-        (7, 200, 576),
-        (130, 97, 1536),
-    ];
-
-    fn check(dtype: &str, isa: Isa) {
-        let s = seed(0x5eed_0001);
-        let mut rng = Rng::new(s);
-        for &(m, n, k) in SHAPES {
-            let p = MatmulParams { m, n, k };
-            let x = rng.vec(m * k);
-            let wf = rng.vec(n * k);
-            let mut out = vec![f32::NAN; m * n];
-            // Reference on the rounded weights, so only accumulation error is measured.
-            let (wr, tol): (Vec<f32>, f64) = match dtype {
-                "f32" => {
-                    matmul_with(&x, WeightSlice::F32(&wf), &mut out, p, isa);
-                    (wf.clone(), 1e-7)
-                }
-                "bf16" => {
-                    let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
-                    matmul_with(&x, WeightSlice::BF16(&wb), &mut out, p, isa);
-                    (wb.iter().map(|v| v.to_f32()).collect(), 1e-7)
-                }
-                _ => {
-                    let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
-                    matmul_with(&x, WeightSlice::F16(&wh), &mut out, p, isa);
-                    (wh.iter().map(|v| v.to_f32()).collect(), 1e-7)
-                }
-            };
-            let want = reference(&x, &wr, p);
-            assert_close(
-                &out,
-                &want,
-                tol,
-                s,
-                &format!("{dtype} {isa:?} m={m} n={n} k={k}"),
-            );
-        }
-    }
-
-    #[test]
-    fn f32_weights_match_reference() {
-        check("f32", Isa::detect());
-    }
-
-    #[test]
-    fn bf16_weights_match_reference() {
-        check("bf16", Isa::detect());
-    }
-
-    #[test]
-    fn f16_weights_match_reference() {
-        check("f16", Isa::detect());
-    }
-
-    #[test]
-    fn portable_matches_reference() {
-        check("bf16", Isa::Portable);
-    }
-
-    /// The SIMD path and the portable fallback compute the same sums in the same order.
-    #[test]
-    fn simd_and_portable_agree_bitwise() {
-        let isa = Isa::detect();
-        if isa == Isa::Portable {
-            eprintln!("no AVX2+FMA+F16C: nothing to compare");
-            return;
-        }
-        let s = seed(0x5eed_0002);
-        let mut rng = Rng::new(s);
-        for &(m, n, k) in &[(1, 45, 83), (2, 19, 64), (6, 40, 77), (9, 300, 576)] {
-            let p = MatmulParams { m, n, k };
-            let x = rng.vec(m * k);
-            let wf = rng.vec(n * k);
-            let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
-            let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
-            for w in [
-                WeightSlice::F32(&wf),
-                WeightSlice::BF16(&wb),
-                WeightSlice::F16(&wh),
-            ] {
-                let mut a = vec![0f32; m * n];
-                let mut b = vec![0f32; m * n];
-                matmul_with(&x, w, &mut a, p, isa);
-                matmul_with(&x, w, &mut b, p, Isa::Portable);
-                let same = a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits());
-                assert!(
-                    same,
-                    "SIMD != portable for {w:?} m={m} n={n} k={k} (seed {s:#x})",
-                    w = std::mem::discriminant(&w)
-                );
-            }
-        }
-    }
-
-    /// A row's result does not depend on how many rows share the call (decode == prefill row).
-    #[test]
-    fn rows_are_batch_invariant() {
-        let s = seed(0x5eed_0003);
-        let mut rng = Rng::new(s);
-        let (m, n, k) = (9, 150, 200);
-        let x = rng.vec(m * k);
-        let wf = rng.vec(n * k);
-        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
-        let mut all = vec![0f32; m * n];
-        matmul(
-            &x,
-            WeightSlice::BF16(&wb),
-            &mut all,
-            MatmulParams { m, n, k },
-        );
-        for i in 0..m {
-            let mut one = vec![0f32; n];
-            matmul(
-                &x[i * k..(i + 1) * k],
-                WeightSlice::BF16(&wb),
-                &mut one,
-                MatmulParams { m: 1, n, k },
-            );
-            let same = one
-                .iter()
-                .zip(&all[i * n..(i + 1) * n])
-                .all(|(u, v)| u.to_bits() == v.to_bits());
-            assert!(same, "row {i} differs between m=1 and m={m} (seed {s:#x})");
-        }
-    }
-
-    #[test]
-    fn empty_k_gives_zeros() {
-        let mut out = vec![f32::NAN; 6];
-        matmul(
-            &[],
-            WeightSlice::F32(&[]),
-            &mut out,
-            MatmulParams { m: 2, n: 3, k: 0 },
-        );
-        assert!(out.iter().all(|&v| v == 0.0));
-    }
-}
+#[path = "matmul_tests.rs"]
+mod tests;

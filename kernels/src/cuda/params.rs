@@ -196,20 +196,26 @@ const _: () = {
     assert!(size_of::<CopyStridedParams>() == 96 && offset_of!(CopyStridedParams, strides) == 48);
 };
 
-/// `kiln_gemv_<w>_m{1,4,8}`, `kiln_gemm_{bf16,f16}`, `kiln_sgemm_f32`:
-/// out f32 [m, n] = x f32 [m, k] · w [n, k]ᵀ (w in bf16, f16 or f32). No aliasing.
+/// The matmul kernels (`kernels/cuda/matmul.cuh`): out f32 [m, n] = x [m, k] · w [n, k]ᵀ
+/// (+ bias [n]) (+ residual [m, n]); x is f32 for `kiln_gemv_*`, `kiln_gemm_simple_*` and
+/// `kiln_sgemm_f32`, and bf16 / f16 (the weights' type) for `kiln_gemm_{pipe,small,wgmma}_*`.
+/// `bias`, `residual`, `partial` are 0 when absent. With `partial` set the kernel writes raw
+/// sums of split `blockIdx.y` (k in [y * k_split, (y + 1) * k_split)) to `partial` [splits, m, n]
+/// and `kiln_matmul_reduce` finishes; otherwise `k_split` = k. No aliasing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulParams {
     pub x: u64,
     pub w: u64,
     pub out: u64,
+    pub bias: u64,
+    pub residual: u64,
+    pub partial: u64,
     pub m: u32,
     pub n: u32,
     pub k: u32,
+    pub k_split: u32,
 }
-
-const _: () = assert!(size_of::<MatmulParams>() == 40 && offset_of!(MatmulParams, k) == 32);
 
 /// `kiln_reshape_and_cache_{f32,bf16}`: src [tokens, kv_heads, head_dim] written into cache
 /// [num_blocks, kv_heads, block_size, head_dim] at `slots` [tokens] (u32; u32::MAX and slots
@@ -310,4 +316,40 @@ const _: () = {
     assert!(
         size_of::<VarlenAttentionParams>() == 80 && offset_of!(VarlenAttentionParams, causal) == 76
     );
+};
+
+/// `kiln_matmul_reduce`: out[i] = sum over `splits` of partial[s * count + i] (+ bias[i % n])
+/// (+ residual[i]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReduceParams {
+    pub partial: u64,
+    pub out: u64,
+    pub bias: u64,
+    pub residual: u64,
+    pub count: u64,
+    pub n: u32,
+    pub splits: u32,
+}
+
+/// A `CUtensorMap` (cuTensorMapEncodeTiled's output): 128 opaque bytes, 128-byte aligned as
+/// in CUDA 13's cuda.h.
+#[repr(C, align(128))]
+#[derive(Clone, Copy, Debug)]
+pub struct TmaDescriptor(pub [u64; 16]);
+
+/// `kiln_gemm_wgmma_{bf16,f16}`: tensor maps of x [m, k] (box 64 x 128) and w [n, k] (box
+/// 64 x 256), both 128B-swizzled, then the usual params. Passed as a `__grid_constant__`.
+#[repr(C, align(128))]
+#[derive(Clone, Copy, Debug)]
+pub struct WgmmaParams {
+    pub a_map: TmaDescriptor,
+    pub b_map: TmaDescriptor,
+    pub p: MatmulParams,
+}
+
+const _: () = {
+    assert!(size_of::<MatmulParams>() == 64 && offset_of!(MatmulParams, k_split) == 60);
+    assert!(size_of::<ReduceParams>() == 48 && offset_of!(ReduceParams, splits) == 44);
+    assert!(size_of::<WgmmaParams>() == 384 && offset_of!(WgmmaParams, p) == 256);
 };

@@ -29,6 +29,9 @@ fn sync_launches() -> bool {
     }
 }
 
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
+
 /// Grid and block of one launch.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Shape {
@@ -107,6 +110,20 @@ pub(crate) fn launch<P: Copy>(
 ) -> Result<()> {
     dev.bind()?;
     let f = function(dev, module, kernel)?;
+    if shape.shared_bytes > DEFAULT_SHARED_LIMIT {
+        // Above 48 KiB of dynamic shared memory a kernel must opt in (per function; cheap
+        // enough to repeat, and the limit then always matches this launch).
+        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        unsafe { cu::function::set_function_attribute(f, attr, shape.shared_bytes as i32) }
+            .map_err(|e| {
+                EngineError::Device(format!(
+                    "cuda:{}: {kernel} needs {} B of shared memory: {}",
+                    dev.ordinal,
+                    shape.shared_bytes,
+                    super::device::describe(e)
+                ))
+            })?;
+    }
     let mut params = params;
     let mut args = [&mut params as *mut P as *mut c_void];
     *lock(&dev.last_kernel) = kernel;

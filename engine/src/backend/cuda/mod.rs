@@ -15,12 +15,14 @@ mod device;
 mod launch;
 mod ops;
 mod ops_attention;
+mod ops_gemm;
 mod ops_matmul;
 mod ops_paged;
 mod transfer;
 
 pub use alloc::{set_guard_bytes, AllocStats, CudaBuffer, GUARD_SENTINEL};
 pub use launch::set_sync_launches;
+pub use ops_matmul::{gemm_variant, gemm_variants, set_gemm_variant, GemmVariant};
 
 use crate::backend::Device;
 use crate::dtype::DType;

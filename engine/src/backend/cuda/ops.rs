@@ -57,12 +57,12 @@ impl Backend for CudaBackend {
             }
             Op::CopyRows { .. } => dtypes.len() == 2 && dtypes[0] == dtypes[1],
             Op::Attention { .. } => dtypes == [F32, F32, F32],
-            Op::Matmul => super::ops_matmul::supports(dtypes),
             Op::ReshapeAndCache => matches!(dtypes, [F32 | BF16, U32]),
             Op::PagedAttention { .. } => {
                 matches!(dtypes, [F32, k, v, U32, U32, U32] if k == v && matches!(k, F32 | BF16))
             }
             Op::VarlenAttention { .. } => dtypes == [F32, F32, F32, U32, U32],
+            Op::Matmul { .. } => super::ops_matmul::supports(op, dtypes),
         }
     }
 
@@ -384,7 +384,7 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
         Op::Attention { scale, causal } => {
             super::ops_attention::attention(dev, *scale, *causal, x, o)
         }
-        Op::Matmul => super::ops_matmul::run(dev, &x[0], &x[1], o),
+        Op::Matmul { bias, residual } => super::ops_matmul::run(dev, x, *bias, *residual, o),
         Op::PagedAttention {
             scale,
             causal,

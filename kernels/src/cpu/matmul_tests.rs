@@ -1,0 +1,269 @@
+use super::*;
+use crate::cpu::testutil::{assert_close, seed, Rng};
+
+fn reference(x: &[f32], w: &[f32], p: MatmulParams) -> Vec<f64> {
+    let mut out = vec![0f64; p.m * p.n];
+    for i in 0..p.m {
+        for j in 0..p.n {
+            out[i * p.n + j] = (0..p.k)
+                .map(|t| x[i * p.k + t] as f64 * w[j * p.k + t] as f64)
+                .sum();
+        }
+    }
+    out
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 31, 33),
+    (1, 32, 32),
+    (1, 33, 31),
+    (3, 33, 32),
+    (4, 31, 33),
+    (5, 32, 31),
+    (33, 33, 33),
+    (1, 1536, 576),
+    (1, 576, 1536),
+    (7, 200, 576),
+    (130, 97, 1536),
+];
+
+fn check(dtype: &str, isa: Isa) {
+    let s = seed(0x5eed_0001);
+    let mut rng = Rng::new(s);
+    for &(m, n, k) in SHAPES {
+        let p = MatmulParams { m, n, k };
+        let x = rng.vec(m * k);
+        let wf = rng.vec(n * k);
+        let mut out = vec![f32::NAN; m * n];
+        // Reference on the rounded weights, so only accumulation error is measured.
+        let (wr, tol): (Vec<f32>, f64) = match dtype {
+            "f32" => {
+                matmul_with(&x, WeightSlice::F32(&wf), &mut out, p, isa);
+                (wf.clone(), 1e-7)
+            }
+            "bf16" => {
+                let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+                matmul_with(&x, WeightSlice::BF16(&wb), &mut out, p, isa);
+                (wb.iter().map(|v| v.to_f32()).collect(), 1e-7)
+            }
+            _ => {
+                let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+                matmul_with(&x, WeightSlice::F16(&wh), &mut out, p, isa);
+                (wh.iter().map(|v| v.to_f32()).collect(), 1e-7)
+            }
+        };
+        let want = reference(&x, &wr, p);
+        assert_close(
+            &out,
+            &want,
+            tol,
+            s,
+            &format!("{dtype} {isa:?} m={m} n={n} k={k}"),
+        );
+    }
+}
+
+#[test]
+fn f32_weights_match_reference() {
+    check("f32", Isa::detect());
+}
+
+#[test]
+fn bf16_weights_match_reference() {
+    check("bf16", Isa::detect());
+}
+
+#[test]
+fn f16_weights_match_reference() {
+    check("f16", Isa::detect());
+}
+
+#[test]
+fn portable_matches_reference() {
+    check("bf16", Isa::Portable);
+}
+
+/// The SIMD path and the portable fallback compute the same sums in the same order.
+#[test]
+fn simd_and_portable_agree_bitwise() {
+    let isa = Isa::detect();
+    if isa == Isa::Portable {
+        eprintln!("no AVX2+FMA+F16C: nothing to compare");
+        return;
+    }
+    let s = seed(0x5eed_0002);
+    let mut rng = Rng::new(s);
+    for &(m, n, k) in &[(1, 45, 83), (2, 19, 64), (6, 40, 77), (9, 300, 576)] {
+        let p = MatmulParams { m, n, k };
+        let x = rng.vec(m * k);
+        let wf = rng.vec(n * k);
+        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+        for w in [
+            WeightSlice::F32(&wf),
+            WeightSlice::BF16(&wb),
+            WeightSlice::F16(&wh),
+        ] {
+            let mut a = vec![0f32; m * n];
+            let mut b = vec![0f32; m * n];
+            matmul_with(&x, w, &mut a, p, isa);
+            matmul_with(&x, w, &mut b, p, Isa::Portable);
+            let same = a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits());
+            assert!(
+                same,
+                "SIMD != portable for {w:?} m={m} n={n} k={k} (seed {s:#x})",
+                w = std::mem::discriminant(&w)
+            );
+        }
+    }
+}
+
+/// A row's result does not depend on how many rows share the call (decode == prefill row).
+#[test]
+fn rows_are_batch_invariant() {
+    let s = seed(0x5eed_0003);
+    let mut rng = Rng::new(s);
+    let (m, n, k) = (9, 150, 200);
+    let x = rng.vec(m * k);
+    let wf = rng.vec(n * k);
+    let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+    let mut all = vec![0f32; m * n];
+    matmul(
+        &x,
+        WeightSlice::BF16(&wb),
+        &mut all,
+        MatmulParams { m, n, k },
+    );
+    for i in 0..m {
+        let mut one = vec![0f32; n];
+        matmul(
+            &x[i * k..(i + 1) * k],
+            WeightSlice::BF16(&wb),
+            &mut one,
+            MatmulParams { m: 1, n, k },
+        );
+        let same = one
+            .iter()
+            .zip(&all[i * n..(i + 1) * n])
+            .all(|(u, v)| u.to_bits() == v.to_bits());
+        assert!(same, "row {i} differs between m=1 and m={m} (seed {s:#x})");
+    }
+}
+
+#[test]
+fn empty_k_gives_zeros() {
+    let mut out = vec![f32::NAN; 6];
+    matmul(
+        &[],
+        WeightSlice::F32(&[]),
+        &mut out,
+        MatmulParams { m: 2, n: 3, k: 0 },
+    );
+    assert!(out.iter().all(|&v| v == 0.0));
+}
+
+/// `linear` = the plain product, then + bias[j], then + residual[i, j], for float and
+/// quantized weights; the product part is bit-identical to `matmul`, and the whole is within
+/// f32 rounding of an f64 reference.
+#[test]
+fn linear_adds_bias_then_residual() {
+    use crate::cpu::quant::tests::{random_blocks, FORMATS};
+    let s = seed(0x5eed_0004);
+    let mut rng = Rng::new(s);
+    for &(m, n, k) in &[(1, 33, 64), (3, 31, 32), (9, 64, 96), (130, 97, 128)] {
+        let p = MatmulParams { m, n, k };
+        let x = rng.vec(m * k);
+        let wf = rng.vec(n * k);
+        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let bias = rng.vec(n);
+        let residual = rng.vec(m * n);
+        let quant: Vec<_> = FORMATS
+            .iter()
+            .map(|&f| (f, random_blocks(&mut rng, f, n * k / 32)))
+            .collect();
+        let mut weights = vec![WeightSlice::F32(&wf), WeightSlice::BF16(&wb)];
+        for (f, bytes) in &quant {
+            weights.push(WeightSlice::Quant { format: *f, bytes });
+        }
+        for w in weights {
+            let mut plain = vec![f32::NAN; m * n];
+            matmul(&x, w, &mut plain, p);
+            for (use_bias, use_res) in [(true, false), (false, true), (true, true), (false, false)]
+            {
+                let e = Epilogue {
+                    bias: use_bias.then_some(&bias[..]),
+                    residual: use_res.then_some(&residual[..]),
+                };
+                let mut out = vec![f32::NAN; m * n];
+                linear(&x, w, e, &mut out, p);
+                let case = format!(
+                    "{} m={m} n={n} k={k} bias={use_bias} residual={use_res}",
+                    weight_name(&w)
+                );
+                let mut want = Vec::with_capacity(m * n);
+                let mut want64 = Vec::with_capacity(m * n);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut v = plain[i * n + j];
+                        let mut v64 = plain[i * n + j] as f64;
+                        if use_bias {
+                            v += bias[j];
+                            v64 += bias[j] as f64;
+                        }
+                        if use_res {
+                            v += residual[i * n + j];
+                            v64 += residual[i * n + j] as f64;
+                        }
+                        want.push(v);
+                        want64.push(v64);
+                    }
+                }
+                let same = out
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{case}: not (product + bias) + residual (seed {s:#x})"
+                );
+                assert_close(&out, &want64, 1e-12, s, &case);
+            }
+        }
+    }
+}
+
+/// The f64 reference of a full linear layer for f32 weights (no shortcut through `matmul`).
+#[test]
+fn linear_matches_f64_reference() {
+    let s = seed(0x5eed_0005);
+    let mut rng = Rng::new(s);
+    let (m, n, k) = (17, 45, 200);
+    let p = MatmulParams { m, n, k };
+    let x = rng.vec(m * k);
+    let w = rng.vec(n * k);
+    let bias = rng.vec(n);
+    let residual = rng.vec(m * n);
+    let mut want = reference(&x, &w, p);
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] += bias[j] as f64 + residual[i * n + j] as f64;
+        }
+    }
+    let mut out = vec![f32::NAN; m * n];
+    let e = Epilogue {
+        bias: Some(&bias),
+        residual: Some(&residual),
+    };
+    linear(&x, WeightSlice::F32(&w), e, &mut out, p);
+    assert_close(&out, &want, 1e-7, s, "linear f32 m=17 n=45 k=200");
+}
+
+fn weight_name(w: &WeightSlice<'_>) -> &'static str {
+    match w {
+        WeightSlice::F32(_) => "f32",
+        WeightSlice::F16(_) => "f16",
+        WeightSlice::BF16(_) => "bf16",
+        WeightSlice::Quant { format, .. } => format.name(),
+    }
+}
