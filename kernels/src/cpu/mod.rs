@@ -9,6 +9,7 @@ pub mod matmul;
 pub mod quant;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sample;
 pub mod silu_mul;
 pub mod softmax;
 mod vecops;
