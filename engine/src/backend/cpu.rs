@@ -22,6 +22,8 @@ impl Backend for CpuBackend {
             Op::Matmul => matches!(dtypes, [DType::F32, w] if w.is_weight()),
             Op::Cast { to } => to.is_float() && dtypes.iter().all(|d| d.is_weight()),
             Op::CopyRows { .. } => true,
+            Op::Sample { .. } => dtypes == [DType::F32],
+            Op::Penalize { .. } => dtypes == [DType::F32, DType::U32, DType::U32],
             _ => dtypes.iter().all(|d| *d == DType::F32 || *d == DType::U32),
         }
     }
@@ -36,6 +38,7 @@ impl Backend for CpuBackend {
         match op {
             Op::Argmax => return argmax(&inputs[0], &shape, n),
             Op::Cast { to } => return cast(&inputs[0], *to, &shape),
+            Op::Sample { rows } => return sample(&inputs[0], rows, &shape),
             _ => debug_assert_eq!(dtype, DType::F32),
         }
         crate::profile::timed(op.name(), || {
@@ -180,7 +183,13 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
             };
             k::attention::attention(x.as_slice()?, kt.as_slice()?, vt.as_slice()?, out, p);
         }
-        Op::Argmax | Op::Cast { .. } | Op::CopyRows { .. } => {
+        Op::Penalize { rows } => {
+            out.copy_from_slice(x.as_slice()?);
+            let (offsets, entries) = (inputs[1].as_slice()?, inputs[2].as_slice()?);
+            check_offsets(offsets, entries.len() / 2)?;
+            k::sample::penalize(out, last(x), rows, offsets, entries);
+        }
+        Op::Argmax | Op::Cast { .. } | Op::CopyRows { .. } | Op::Sample { .. } => {
             return Err(EngineError::Data(format!(
                 "{} does not produce f32 here",
                 op.name()
@@ -216,6 +225,31 @@ fn argmax(x: &Tensor, shape: &[usize], rows: usize) -> Result<Tensor> {
     let mut out = vec![0u32; rows];
     k::argmax::argmax(x.as_slice()?, rows, cols, &mut out);
     Tensor::from_vec(out, shape)
+}
+
+fn sample(x: &Tensor, rows: &[k::sample::SampleRow], shape: &[usize]) -> Result<Tensor> {
+    let mut out = vec![0u32; rows.len()];
+    k::sample::sample(x.as_slice()?, last(x), rows, &mut out);
+    Tensor::from_vec(out, shape)
+}
+
+/// Penalty offsets must be non-decreasing and end within the entries (the kernel clamps; here
+/// a bad CSR is an error).
+fn check_offsets(offsets: &[u32], entries: usize) -> Result<()> {
+    let bad = offsets.windows(2).position(|w| w[0] > w[1]);
+    if let Some(r) = bad {
+        return Err(EngineError::Data(format!(
+            "penalize: offsets decrease at row {r} ({} then {})",
+            offsets[r],
+            offsets[r + 1]
+        )));
+    }
+    match offsets.last() {
+        Some(&end) if end as usize > entries => Err(EngineError::Data(format!(
+            "penalize: offsets end at {end}, past the {entries} entries"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn cast(x: &Tensor, to: DType, shape: &[usize]) -> Result<Tensor> {

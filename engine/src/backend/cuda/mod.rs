@@ -6,7 +6,8 @@
 //! - `alloc`: the caching device allocator (and the guard-region hook of the test suite);
 //! - `transfer`: pinned staging for host <-> device copies, strided gathers;
 //! - `launch`: lazy module loading and checked kernel launches;
-//! - `ops`: the op set on CUDA tensors.
+//! - `ops`: the op set on CUDA tensors (`ops_attention`, `ops_matmul`, `ops_sample` for the
+//!   larger launchers).
 //!
 //! The public functions here serve benchmarks and tools: device names, memory, timing.
 
@@ -16,6 +17,7 @@ mod launch;
 mod ops;
 mod ops_attention;
 mod ops_matmul;
+mod ops_sample;
 mod transfer;
 
 pub use alloc::{set_guard_bytes, AllocStats, CudaBuffer, GUARD_SENTINEL};

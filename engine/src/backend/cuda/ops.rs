@@ -54,6 +54,8 @@ impl Backend for CudaBackend {
             Op::CopyRows { .. } => dtypes.len() == 2 && dtypes[0] == dtypes[1],
             Op::Attention { .. } => dtypes == [F32, F32, F32],
             Op::Matmul => super::ops_matmul::supports(dtypes),
+            Op::Sample { .. } => dtypes == [F32],
+            Op::Penalize { .. } => dtypes == [F32, U32, U32],
         }
     }
 
@@ -294,6 +296,8 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
             super::ops_attention::attention(dev, *scale, *causal, x, o)
         }
         Op::Matmul => super::ops_matmul::run(dev, &x[0], &x[1], o),
+        Op::Sample { rows } => super::ops_sample::sample(rows, &x[0], out),
+        Op::Penalize { rows } => super::ops_sample::penalize(rows, x, out),
         Op::CopyRows { .. } => Err(EngineError::Unsupported {
             op: name,
             backend: "cuda",
