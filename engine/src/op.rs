@@ -409,20 +409,35 @@ fn param_err(op: &'static str, row: usize, what: &str, got: impl std::fmt::Displ
 fn check_sample_row(r: usize, p: &SampleRow) -> Result<()> {
     // Written as `!(in range)` so that NaN is rejected.
     if !(p.temperature >= 0.0 && p.temperature.is_finite()) {
-        return Err(param_err("sample", r, "temperature must be finite and >= 0", p.temperature));
+        return Err(param_err(
+            "sample",
+            r,
+            "temperature must be finite and >= 0",
+            p.temperature,
+        ));
     }
     if !(p.top_p > 0.0 && p.top_p <= 1.0) {
         return Err(param_err("sample", r, "top_p must be in (0, 1]", p.top_p));
     }
     if !(p.uniform >= 0.0 && p.uniform < 1.0) {
-        return Err(param_err("sample", r, "uniform must be in [0, 1)", p.uniform));
+        return Err(param_err(
+            "sample",
+            r,
+            "uniform must be in [0, 1)",
+            p.uniform,
+        ));
     }
     Ok(())
 }
 
 fn check_penalty_row(r: usize, p: &PenaltyRow) -> Result<()> {
     if !(p.repetition > 0.0 && p.repetition.is_finite()) {
-        return Err(param_err("penalize", r, "repetition must be finite and > 0", p.repetition));
+        return Err(param_err(
+            "penalize",
+            r,
+            "repetition must be finite and > 0",
+            p.repetition,
+        ));
     }
     if !(p.frequency.is_finite() && p.presence.is_finite()) {
         return Err(param_err(

@@ -88,5 +88,11 @@ pub(super) fn penalize(rows: &[PenaltyRow], x: &[Tensor], out: &CudaStorage) -> 
         vocab: u32_of("penalize", "vocab", vocab)?,
     };
     let blocks = rows.len().min(8 * dev.sm_count as usize) as u32;
-    launch(dev, "sample", "kiln_penalize_f32", Shape::linear(blocks, 256), params)
+    launch(
+        dev,
+        "sample",
+        "kiln_penalize_f32",
+        Shape::linear(blocks, 256),
+        params,
+    )
 }
