@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::ValueEnum;
-use kiln_engine::op::RopeStyle;
+use kiln_engine::op::{RopeStyle, SampleRow};
 use kiln_engine::{DType, Op, Tensor};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,6 +160,25 @@ pub fn specs(name: &str, size: Size) -> Vec<Spec> {
                 vec![inp(&rh, Fill::Uniform(DType::BF16))],
             ),
         ],
+        "sample" => {
+            // One decode step of a 128k-vocabulary batch: no cut, top-k, top-p, both.
+            let rows = if large { 64 } else { 1 };
+            [(0, 1.0), (50, 1.0), (0, 0.9), (40, 0.95)]
+                .iter()
+                .map(|&(top_k, top_p)| {
+                    let row = SampleRow {
+                        temperature: 0.7,
+                        top_k,
+                        top_p,
+                        uniform: 0.5,
+                    };
+                    let op = Op::Sample {
+                        rows: vec![row; rows],
+                    };
+                    pure(op, vec![f32s(&[rows, 128256])])
+                })
+                .collect()
+        }
         "copy_rows" => vec![Spec {
             op: Op::CopyRows { dst_row: r / 2 },
             inputs: vec![f32s(&rh)],
@@ -217,7 +236,9 @@ pub fn traffic(op: &Op, inputs: &[Tensor], dst: Option<&Tensor>) -> Result<(f64,
         | Op::Mul
         | Op::Scale { .. }
         | Op::Argmax
-        | Op::Cast { .. } => (read + out, 0.0),
+        | Op::Cast { .. }
+        | Op::Sample { .. }
+        | Op::Penalize { .. } => (read + out, 0.0),
     })
 }
 
