@@ -95,7 +95,7 @@ const EXP_POLY: [u32; 8] = [
 /// floor, each rounded on its own, so the kernel (with `__fmul_rn` and friends) gets the same.
 pub fn weight(d: f32) -> u64 {
     let t = d * f32::from_bits(LOG2E);
-    if !(t >= -64.0) {
+    if t.is_nan() || t < -64.0 {
         return 0;
     }
     let n = if t > 0.0 { 0.0 } else { (t + 0.5).floor() };
@@ -175,7 +175,7 @@ fn argmax_count(x: &[f32]) -> (u32, usize) {
 
 /// Whether a row is drawn greedily (before looking at its logits).
 pub fn is_greedy(p: &SampleRow) -> bool {
-    !(p.temperature > 0.0) || p.top_k == 1
+    p.temperature.is_nan() || p.temperature <= 0.0 || p.top_k == 1
 }
 
 /// `ceil(top_p * total)` in [1, total]: the mass the nucleus must reach.
