@@ -68,9 +68,11 @@ constexpr uint32_t NONE = 0xffffffffu;
 
 // weight(d) of the twin: every operation rounded on its own (no contraction into FMA).
 __device__ __forceinline__ u64 weight(float d) {
-    const float t = __fmul_rn(d, __uint_as_float(0x3fb8aa3bu));
-    if (!(t >= -64.0f)) return 0;
-    const float n = t > 0.0f ? 0.0f : floorf(__fadd_rn(t, 0.5f));
+    float t = __fmul_rn(d, __uint_as_float(0x3fb8aa3bu));
+    const bool in_range = t >= -64.0f;
+    t = !in_range ? -64.0f : (t > 0.0f ? 0.0f : t);
+    // Nearest integer, ties to even: + and - 1.5 * 2^23, as the twin.
+    const float n = __fsub_rn(__fadd_rn(t, 12582912.0f), 12582912.0f);
     const float r = __fsub_rn(__fsub_rn(d, __fmul_rn(n, __uint_as_float(0x3f317200u))),
                               __fmul_rn(n, __uint_as_float(0x35bfbe8eu)));
     float p = __uint_as_float(0x39500d01u);
@@ -84,10 +86,12 @@ __device__ __forceinline__ u64 weight(float d) {
     const uint32_t bits = __float_as_uint(p);
     const int exp = int((bits >> 23) & 0xffu) - 127;
     const u64 mant = (bits & 0x7fffffu) | 0x800000u;
+    // mant * 2^shift, rounded half up when shift < 0.
     const int shift = exp + int(n) + (40 - 23);
-    if (shift >= 0) return mant << min(shift, 40 - 23);
-    const int s = -shift;
-    return (mant + (1ull << (s - 1))) >> s;
+    const int left = min(max(shift, 0), 40 - 23);
+    const int right = min(max(-shift, 0), 63);
+    const u64 q = ((mant << left) + ((1ull << right) >> 1)) >> right;
+    return in_range ? q : 0;
 }
 
 // Orders non-NaN floats as the floats (-0 == +0); 0 for NaN.

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::ValueEnum;
-use kiln_engine::op::{RopeStyle, SampleRow};
+use kiln_engine::op::{PenaltyRow, RopeStyle, SampleRow};
 use kiln_engine::{DType, Op, Tensor};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -178,6 +178,28 @@ pub fn specs(name: &str, size: Size) -> Vec<Spec> {
                     pure(op, vec![f32s(&[rows, 128256])])
                 })
                 .collect()
+        }
+        "penalize" => {
+            // One (id, count) entry per row (offsets 0, 1, ..): mostly the copy of the logits.
+            let rows = if large { 64 } else { 1 };
+            let op = Op::Penalize {
+                rows: vec![
+                    PenaltyRow {
+                        repetition: 1.3,
+                        frequency: 0.5,
+                        presence: 0.2,
+                    };
+                    rows
+                ],
+            };
+            vec![pure(
+                op,
+                vec![
+                    f32s(&[rows, 128256]),
+                    inp(&[rows + 1], Fill::Positions),
+                    inp(&[rows, 2], Fill::Ids(128256)),
+                ],
+            )]
         }
         "copy_rows" => vec![Spec {
             op: Op::CopyRows { dst_row: r / 2 },

@@ -77,6 +77,7 @@ pub const MAX_VOCAB: usize = 1 << 22;
 const LOG2E: u32 = 0x3fb8_aa3b;
 const LN2_HI: u32 = 0x3f31_7200;
 const LN2_LO: u32 = 0x35bf_be8e;
+const ROUNDER: f32 = 12_582_912.0;
 const EXP_POLY: [u32; 8] = [
     0x3f80_0000,
     0x3f80_0000,
@@ -91,14 +92,23 @@ const EXP_POLY: [u32; 8] = [
 /// `exp(d) * 2^40` rounded to an integer, for `d <= 0` (0 for NaN or `d < -44`). Cody-Waite:
 /// `d = n ln2 + r` with `n` integer and `|r| <= ln2 / 2`, `exp(r)` a degree-7 polynomial
 /// in Horner form (relative error ~1.5e-7 for any `d`), then its mantissa shifted by
-/// `n + 40 - 23` and rounded half up. Only f32 multiplies, subtractions, additions and a
-/// floor, each rounded on its own, so the kernel (with `__fmul_rn` and friends) gets the same.
+/// `n + 40 - 23` and rounded half up. Only f32 multiplies, subtractions and additions, each
+/// rounded on its own, so the kernel (with `__fmul_rn` and friends) gets the same bits.
 pub fn weight(d: f32) -> u64 {
     let t = d * f32::from_bits(LOG2E);
-    if t.is_nan() || t < -64.0 {
-        return 0;
-    }
-    let n = if t > 0.0 { 0.0 } else { (t + 0.5).floor() };
+    // Branch-free (the sign of `shift` below is a coin flip over a row): out-of-range `t`
+    // is clamped for the arithmetic and answered 0 at the end.
+    let in_range = t >= -64.0;
+    let t = if !in_range {
+        -64.0
+    } else if t > 0.0 {
+        0.0
+    } else {
+        t
+    };
+    // Round to the nearest integer (ties to even) by adding and removing 1.5 * 2^23: two
+    // plain adds, where a libm floor would be a call per element.
+    let n = (t + ROUNDER) - ROUNDER;
     let r = (d - n * f32::from_bits(LN2_HI)) - n * f32::from_bits(LN2_LO);
     let mut p = f32::from_bits(EXP_POLY[7]);
     for &c in EXP_POLY[..7].iter().rev() {
@@ -107,12 +117,15 @@ pub fn weight(d: f32) -> u64 {
     let bits = p.to_bits();
     let exp = ((bits >> 23) & 0xff) as i32 - 127;
     let mant = u64::from((bits & 0x7f_ffff) | 0x80_0000);
+    // mant * 2^shift, rounded half up when shift < 0.
     let shift = exp + n as i32 + (WEIGHT_BITS - 23);
-    if shift >= 0 {
-        mant << shift.min(WEIGHT_BITS - 23)
+    let left = shift.clamp(0, WEIGHT_BITS - 23) as u32;
+    let right = (-shift).clamp(0, 63) as u32;
+    let q = ((mant << left) + ((1u64 << right) >> 1)) >> right;
+    if in_range {
+        q
     } else {
-        let s = -shift;
-        (mant + (1 << (s - 1))) >> s
+        0
     }
 }
 
@@ -155,6 +168,7 @@ pub struct SampleScratch {
     keys: Vec<u32>,
     weights: Vec<u64>,
     cands: Vec<(u32, u32)>,
+    drawn: Vec<(u32, u64)>,
 }
 
 /// Index of the first largest non-NaN value (0 if none) and the number of non-NaN values.
@@ -200,52 +214,70 @@ pub fn sample_row(x: &[f32], p: &SampleRow, scratch: &mut SampleScratch) -> u32 
     if !inv.is_finite() || !m.is_finite() {
         return best;
     }
+    let w = |z: f32| if z.is_nan() { 0 } else { weight(z - m) };
     let SampleScratch {
         keys,
         weights,
         cands,
+        drawn,
     } = scratch;
-    keys.clear();
-    weights.clear();
-    for &v in x {
-        let z = v * inv;
-        keys.push(order_key(z));
-        weights.push(if z.is_nan() { 0 } else { weight(z - m) });
-    }
-    let mut cut = Cut::ALL;
-    let mut total;
     if p.top_k > 0 && (p.top_k as usize) < valid {
+        // Only the k survivors need weights: cut, nucleus and draw all run on them.
+        keys.clear();
+        keys.extend(x.iter().map(|&v| order_key(v * inv)));
         collect_top_k(keys, p.top_k as usize, cands);
         cands.sort_unstable_by(by_order);
-        if let Some(&(key, id)) = cands.last() {
-            cut = Cut { key, id };
-        }
-        total = cands.iter().map(|&(_, i)| weights[i as usize]).sum();
-    } else {
-        total = weights.iter().sum();
+        weights.clear();
+        weights.extend(cands.iter().map(|&(_, i)| w(x[i as usize] * inv)));
+        let mut kept = cands.len();
         if p.top_p < 1.0 {
-            cands.clear();
-            cands.extend(
-                keys.iter()
-                    .enumerate()
-                    .filter(|(_, &k)| k != 0)
-                    .map(|(i, &k)| (k, i as u32)),
-            );
+            let need = nucleus_need(p.top_p, weights.iter().sum());
+            let mut acc = 0u64;
+            kept = weights
+                .iter()
+                .position(|&wi| {
+                    acc += wi;
+                    acc >= need
+                })
+                .map_or(kept, |j| j + 1);
         }
+        drawn.clear();
+        drawn.extend(
+            cands[..kept]
+                .iter()
+                .zip(weights.iter())
+                .map(|(&(_, i), &wi)| (i, wi)),
+        );
+        drawn.sort_unstable_by_key(|&(i, _)| i);
+        let total = drawn.iter().map(|&(_, wi)| wi).sum();
+        let target = draw_target(p.uniform, total);
+        let mut acc = 0u64;
+        return drawn
+            .iter()
+            .find(|&&(_, wi)| {
+                acc += wi;
+                acc > target
+            })
+            .map_or(best, |&(i, _)| i);
     }
+    weights.clear();
+    weights.extend(x.iter().map(|&v| w(v * inv)));
+    let mut total: u64 = weights.iter().sum();
+    let mut cut = Cut::ALL;
     if p.top_p < 1.0 {
-        // `cands` holds exactly the entries kept so far.
+        keys.clear();
+        keys.extend(x.iter().map(|&v| order_key(v * inv)));
         let need = nucleus_need(p.top_p, total);
-        if let Some((c, mass)) = nucleus_cut(cands, weights, need) {
+        if let Some((c, mass)) = nucleus_radix(keys, weights, need) {
             cut = c;
             total = mass;
         }
     }
     let target = draw_target(p.uniform, total);
     let mut acc = 0u64;
-    for (i, (&k, &w)) in keys.iter().zip(weights.iter()).enumerate() {
-        if cut.keeps(k, i as u32) {
-            acc += w;
+    for (i, &wi) in weights.iter().enumerate() {
+        if cut == Cut::ALL || cut.keeps(keys[i], i as u32) {
+            acc += wi;
             if acc > target {
                 return i as u32;
             }
@@ -287,29 +319,49 @@ fn collect_top_k(keys: &[u32], k: usize, cands: &mut Vec<(u32, u32)>) {
     }
 }
 
-/// The last entry of the smallest prefix (in sampling order) of `cands` whose mass reaches
-/// `need`, and that prefix's mass. Rather than sorting everything it brings the next 64,
-/// 512, 4096, ... entries to the front (selection in the unsorted tail) and sorts only those,
-/// so a peaked row touches few entries and a flat one costs about one sort.
-fn nucleus_cut(cands: &mut [(u32, u32)], weights: &[u64], need: u64) -> Option<(Cut, u64)> {
-    let mut acc = 0u64;
-    let (mut start, mut chunk) = (0usize, 64usize);
-    let len = cands.len();
-    while start < len {
-        let end = start.saturating_add(chunk).min(len);
-        if end < len {
-            cands[start..].select_nth_unstable_by(end - start - 1, by_order);
-        }
-        let head = &mut cands[start..end];
-        head.sort_unstable_by(by_order);
-        for &(key, id) in head.iter() {
-            acc += weights[id as usize];
-            if acc >= need {
-                return Some((Cut { key, id }, acc));
+/// The last entry of the smallest prefix (in sampling order) of the non-NaN entries whose
+/// mass reaches `need`, and that prefix's mass, found as the kernel finds it: radix select on
+/// the keys (four 8-bit digits, most significant first, a mass histogram per digit) gives
+/// the key `t` where the running mass crosses `need`; the entries at `t` weigh the same, so
+/// `ceil((need - mass above t) / w_t)` of them are kept, lowest ids first. Costs five passes
+/// over the row whatever the shape of the distribution (no sort).
+fn nucleus_radix(keys: &[u32], weights: &[u64], need: u64) -> Option<(Cut, u64)> {
+    let (mut prefix, mut above) = (0u32, 0u64);
+    for level in 0..4 {
+        let shift = 24 - 8 * level;
+        let mut hist = [0u64; 256];
+        for (&k, &wi) in keys.iter().zip(weights) {
+            if k == 0 || (level > 0 && k >> (shift + 8) != prefix) {
+                continue;
             }
+            hist[((k >> shift) & 0xff) as usize] += wi;
         }
-        start = end;
-        chunk = chunk.saturating_mul(8);
+        let b = (0..256).rev().find(|&b| {
+            let crosses = above + hist[b] >= need;
+            if !crosses {
+                above += hist[b];
+            }
+            crosses
+        })?;
+        prefix = (prefix << 8) | b as u32;
+    }
+    let (mut ties, mut seen) = (0u64, 0u64);
+    for (i, (&k, &wi)) in keys.iter().zip(weights).enumerate() {
+        if k != prefix {
+            continue;
+        }
+        if ties == 0 {
+            // All entries at the cut key weigh `wi` (> 0, or the mass would not cross here).
+            ties = (need - above).div_ceil(wi.max(1));
+        }
+        seen += 1;
+        if seen == ties {
+            let cut = Cut {
+                key: prefix,
+                id: i as u32,
+            };
+            return Some((cut, above + ties * wi));
+        }
     }
     None
 }
