@@ -11,10 +11,11 @@
 //! 2. `inv = 1 / T` and `z_i = x_i * inv` (f32). `m` = the largest `z`. When `inv` or `m` is
 //!    not finite (an infinite logit, overflow, nothing but NaN) the row is greedy as in 1.
 //! 3. Each non-NaN entry weighs `w_i = weight(z_i - m)`, an integer ~ `exp(z_i - m) * 2^40`
-//!    built from f32 multiplies, adds and a floor only (no libm `exp`, no fused multiply-add),
-//!    so twin and kernel get the same integer; the largest logit weighs exactly `2^40`, and
-//!    entries lighter than `2^-41` of it weigh 0 (they are never drawn). Sums of weights are
-//!    exact, so no decision depends on a summation order.
+//!    built from separately rounded f32 multiplies and adds only (no libm `exp`, no fused
+//!    multiply-add), so twin and kernel get the same integer; the largest logit weighs
+//!    exactly `2^40`, and entries lighter than about `2^-41` of it weigh 0 (never drawn:
+//!    probability < 1e-12). Sums of weights are exact, so no decision depends on the order
+//!    in which they are added.
 //! 4. Entries are ordered by `z` descending, then id ascending (`order_key`); NaN is out.
 //! 5. top-k (`0 < k < ` number of non-NaN entries): keep the first `k` entries in that order.
 //! 6. top-p (`top_p < 1`): with `S1` the kept mass, `need = ceil(top_p * S1)` (an f64
@@ -31,6 +32,9 @@
 //! (equal up to one rounding). The draw scans the kept tokens in id order, not in probability
 //! order, so one `u` picks another token than HF's sampler would, but each kept token is
 //! drawn with probability `w_i / S2`, i.e. its renormalised softmax probability to ~2e-7.
+//!
+//! NaN logits are documented behaviour, not errors: a NaN is never chosen (greedy or drawn),
+//! and a row with nothing but NaN gives token 0.
 //!
 //! Penalties (HF `RepetitionPenaltyLogitsProcessor`, then OpenAI frequency / presence) come
 //! in CSR form: row `r` owns `entries[offsets[r]..offsets[r + 1]]`, each `(id, count)` with
