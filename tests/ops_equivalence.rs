@@ -15,6 +15,9 @@ use kiln_engine::backend::{backend_for, cuda};
 use kiln_engine::op::{GeluApprox, Op, RopeStyle, ALL_OPS};
 use kiln_engine::{DType, Device, Tensor};
 
+#[path = "ops_equivalence/sample.rs"]
+mod sample;
+
 const SEED: u64 = 0x6b69_6c6e_2026;
 const CUDA: Device = Device::Cuda(0);
 
@@ -58,6 +61,15 @@ enum Fill {
     /// (block * block_size + offset), NaN in every other slot, so that a kernel reading a slot
     /// outside the batch's context shows up as NaN.
     PagedCache(Vec<bool>),
+    /// Sampling logits (sample.rs).
+    Logits(sample::LogitFill),
+    /// Penalty CSR offsets, this many entries per row.
+    Offsets(usize),
+    /// Penalty CSR (id, count) pairs: distinct ids below `vocab` within each row.
+    Entries {
+        vocab: usize,
+        per_row: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +184,8 @@ fn representatives() -> Vec<Op> {
             scale: 0.125,
             causal: false,
         },
+        Op::Sample { rows: Vec::new() },
+        Op::Penalize { rows: Vec::new() },
     ]
 }
 
@@ -389,6 +403,8 @@ fn cases_for(op: &Op) -> Vec<Case> {
                 v.push(varlen_case(&spec));
             }
         }
+        Op::Sample { .. } => v.extend(sample::sample_cases()),
+        Op::Penalize { .. } => v.extend(sample::penalize_cases()),
         Op::Matmul { .. } => {
             // m: the GEMV path (1, 3, 8) and the GEMM path (9, 33, 128); (n, k): odd sizes
             // (scalar paths, partial tiles), k = 3000 (several GEMV chunks, the last partial,
@@ -541,6 +557,11 @@ fn host_input(spec: &Input, rng: &mut Rng) -> Result<(Tensor, Tensor), String> {
                 .collect();
             let t = Tensor::from_vec(f, &base).map_err(e)?;
             (t.clone(), t)
+        }
+        (Fill::Logits(f), _) => sample::pair(sample::logits(f, n, rng), &base)?,
+        (Fill::Offsets(per_row), _) => sample::pair(sample::offsets(per_row, n), &base)?,
+        (Fill::Entries { vocab, per_row }, _) => {
+            sample::pair(sample::entries(vocab, per_row, n / 2, rng), &base)?
         }
         (Fill::Uniform, DType::Q8_0) => {
             let mut bytes = Vec::with_capacity(n / 32 * 34);
@@ -713,7 +734,11 @@ fn describe(c: &Case) -> String {
                 View::Transpose(a, b) => format!(" T{a}{b}"),
                 View::Narrow(d) => format!(" narrow{d}"),
             };
-            format!("{}{:?}{view}", i.dtype, i.shape)
+            let fill = match i.fill {
+                Fill::Logits(f) => format!(" {f}"),
+                _ => String::new(),
+            };
+            format!("{}{:?}{view}{fill}", i.dtype, i.shape)
         })
         .collect();
     let params = match &c.op {
@@ -731,6 +756,7 @@ fn describe(c: &Case) -> String {
             ..
         } => format!(" causal={causal} decode_only={decode_only}"),
         Op::VarlenAttention { causal, .. } => format!(" causal={causal}"),
+        Op::Sample { .. } | Op::Penalize { .. } => sample::describe(&c.op),
         _ => String::new(),
     };
     format!("{}{params}{}", ins.join(", "), c.note)

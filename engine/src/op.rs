@@ -8,6 +8,7 @@ use crate::error::{shape_err, EngineError, Result};
 use crate::tensor::Tensor;
 pub use kiln_kernels::cpu::gelu::GeluApprox;
 pub use kiln_kernels::cpu::rope::RopeStyle;
+pub use kiln_kernels::cpu::sample::{PenaltyRow, SampleRow};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -72,6 +73,16 @@ pub enum Op {
     /// queries over its own keys (encoders, cross-attention); causal aligns the queries at the
     /// end of the keys as `Attention` does (see kernels/src/cpu/varlen_attention.rs)
     VarlenAttention { scale: f32, causal: bool },
+    /// [logits [.., vocab] f32] -> [..] u32: one token per row (a row is one sequence), drawn
+    /// with that row's parameters and uniform number (`rows[r]`); the rule is documented in
+    /// `kiln_kernels::cpu::sample`. vocab <= 2^22.
+    Sample { rows: Vec<SampleRow> },
+    /// [logits [.., vocab] f32, offsets [rows + 1] u32, entries [n, 2] u32] -> the logits
+    /// with `rows[r]`'s penalties applied to the (id, generated count) entries
+    /// `offsets[r]..offsets[r + 1]` of row r (distinct ids within a row; ids >= vocab are
+    /// ignored). Offsets must be non-decreasing and at most n: the CPU backend reports a
+    /// violation; the CUDA kernel, which cannot see device data before it runs, clamps.
+    Penalize { rows: Vec<PenaltyRow> },
 }
 
 /// The variants, for exhaustive coverage in the equivalence suite and benches.
@@ -96,6 +107,8 @@ pub const ALL_OPS: &[&str] = &[
     "reshape_and_cache",
     "paged_attention",
     "varlen_attention",
+    "sample",
+    "penalize",
 ];
 
 impl Op {
@@ -121,6 +134,8 @@ impl Op {
             Op::ReshapeAndCache => "reshape_and_cache",
             Op::PagedAttention { .. } => "paged_attention",
             Op::VarlenAttention { .. } => "varlen_attention",
+            Op::Sample { .. } => "sample",
+            Op::Penalize { .. } => "penalize",
         }
     }
 
@@ -136,6 +151,8 @@ impl Op {
             Op::Gelu { .. } | Op::QuickGelu => 1,
             Op::LayerNorm { .. } | Op::AddRmsNorm { .. } => 3,
             Op::VarlenAttention { .. } => 5,
+            Op::Sample { .. } => 1,
+            Op::Penalize { .. } => 3,
         }
     }
 
@@ -366,6 +383,61 @@ impl Op {
             }
             Op::PagedAttention { decode_only, .. } => check_paged_attention(inputs, *decode_only),
             Op::VarlenAttention { .. } => check_varlen_attention(inputs),
+            Op::Sample { rows } => {
+                want_f32(name, x)?;
+                let vocab = last_dim(name, x)?;
+                if vocab == 0 || vocab > kiln_kernels::cpu::sample::MAX_VOCAB {
+                    return Err(shape_err(
+                        name,
+                        format!(
+                            "rows of {vocab} logits (1 to {} allowed)",
+                            kiln_kernels::cpu::sample::MAX_VOCAB
+                        ),
+                    ));
+                }
+                let lead = &x.shape()[..x.rank() - 1];
+                want_row_params(name, rows.len(), lead)?;
+                for (r, p) in rows.iter().enumerate() {
+                    check_sample_row(r, p)?;
+                }
+                Ok((lead.to_vec(), DType::U32))
+            }
+            Op::Penalize { rows } => {
+                let (offsets, entries) = (inputs[1], inputs[2]);
+                want_f32(name, x)?;
+                last_dim(name, x)?;
+                let lead = &x.shape()[..x.rank() - 1];
+                want_row_params(name, rows.len(), lead)?;
+                for (what, t) in [("offsets", offsets), ("entries", entries)] {
+                    if t.dtype() != DType::U32 {
+                        return Err(dtype_err(name, t, &format!("u32 {what}")));
+                    }
+                }
+                if offsets.shape() != [rows.len() + 1] {
+                    return Err(shape_err(
+                        name,
+                        format!(
+                            "offsets {:?} for {} rows (expected [{}])",
+                            offsets.shape(),
+                            rows.len(),
+                            rows.len() + 1
+                        ),
+                    ));
+                }
+                if entries.rank() != 2 || entries.shape()[1] != 2 {
+                    return Err(shape_err(
+                        name,
+                        format!("entries {:?}, expected [n, 2]", entries.shape()),
+                    ));
+                }
+                if u32::try_from(entries.shape()[0]).is_err() {
+                    return Err(shape_err(name, "more than 2^32 entries"));
+                }
+                for (r, p) in rows.iter().enumerate() {
+                    check_penalty_row(r, p)?;
+                }
+                Ok((x.shape().to_vec(), DType::F32))
+            }
             Op::CopyRows { .. } | Op::ReshapeAndCache => {
                 Err(shape_err(name, "runs in place (execute_inplace)"))
             }
@@ -590,6 +662,67 @@ fn want_rank(op: &'static str, what: &str, t: &Tensor, rank: usize) -> Result<()
             format!("{what} has shape {:?}, expected rank {rank}", t.shape()),
         ))
     }
+}
+
+/// One parameter set per row of `lead` (the dims before the last).
+fn want_row_params(op: &'static str, given: usize, lead: &[usize]) -> Result<()> {
+    let rows: usize = lead.iter().product();
+    if given == rows {
+        Ok(())
+    } else {
+        Err(shape_err(
+            op,
+            format!("{given} row parameter sets for {rows} rows {lead:?}"),
+        ))
+    }
+}
+
+fn param_err(op: &'static str, row: usize, what: &str, got: impl std::fmt::Display) -> EngineError {
+    shape_err(op, format!("row {row}: {what}, got {got}"))
+}
+
+fn check_sample_row(r: usize, p: &SampleRow) -> Result<()> {
+    // Written as `!(in range)` so that NaN is rejected.
+    if !(p.temperature >= 0.0 && p.temperature.is_finite()) {
+        return Err(param_err(
+            "sample",
+            r,
+            "temperature must be finite and >= 0",
+            p.temperature,
+        ));
+    }
+    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+        return Err(param_err("sample", r, "top_p must be in (0, 1]", p.top_p));
+    }
+    if !(p.uniform >= 0.0 && p.uniform < 1.0) {
+        return Err(param_err(
+            "sample",
+            r,
+            "uniform must be in [0, 1)",
+            p.uniform,
+        ));
+    }
+    Ok(())
+}
+
+fn check_penalty_row(r: usize, p: &PenaltyRow) -> Result<()> {
+    if !(p.repetition > 0.0 && p.repetition.is_finite()) {
+        return Err(param_err(
+            "penalize",
+            r,
+            "repetition must be finite and > 0",
+            p.repetition,
+        ));
+    }
+    if !(p.frequency.is_finite() && p.presence.is_finite()) {
+        return Err(param_err(
+            "penalize",
+            r,
+            "frequency and presence must be finite",
+            format!("{} and {}", p.frequency, p.presence),
+        ));
+    }
+    Ok(())
 }
 
 fn last_dim(op: &'static str, t: &Tensor) -> Result<usize> {

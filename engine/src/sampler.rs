@@ -2,14 +2,21 @@
 //!
 //! The order of the steps follows HF transformers' logits processors so that a request gives
 //! the same distribution here as there: repetition penalty, frequency/presence penalties,
-//! then either greedy argmax or temperature -> top-k -> top-p -> softmax -> draw.
+//! then either greedy argmax or temperature -> top-k -> top-p -> softmax -> draw. The work
+//! is done by the sampling kernels (`Op::Penalize`, `Op::Sample`; on the CPU their twin in
+//! `kiln_kernels::cpu::sample`, whose module doc states the exact rule): on a GPU the logits
+//! stay on the device and only the token id comes back, and the CPU and CUDA paths pick the
+//! same token for the same seed (up to float rounding of the logits themselves).
 //!
 //! The random stream is our own xoshiro256** seeded with splitmix64, so a seed picks the same
 //! tokens on every machine and in every future version (no dependency whose stream may move).
-//! Every step that decides which token a random number maps to uses a total order (logit
-//! descending, then id ascending), so the result never depends on a sort algorithm's
-//! treatment of ties.
+//! A non-greedy step takes exactly one number from it, whatever the logits; a greedy one none.
 
+use crate::backend::{backend_for, Device};
+use crate::error::{shape_err, EngineError, Result};
+use crate::op::{Op, PenaltyRow, SampleRow};
+use crate::tensor::Tensor;
+use kiln_kernels::cpu::sample::{penalize, sample_row, SampleScratch};
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,10 +186,13 @@ pub struct Sampler {
     params: SamplingParams,
     prompt_len: usize,
     rng: Xoshiro256,
-    /// Per-token counts, all zero between calls (entries are reset after use).
-    counts: Vec<u32>,
-    /// (token id, logit then weight) of the tokens still in the running.
-    candidates: Vec<(u32, f32)>,
+    /// Per vocabulary id: 1 + the index of its penalty entry this step, 0 for none (reset
+    /// after each step).
+    slot: Vec<u32>,
+    /// This step's penalty entries: flat (id, occurrences in the generated text) pairs, one
+    /// per distinct id, in order of first occurrence.
+    entries: Vec<u32>,
+    scratch: SampleScratch,
 }
 
 impl Sampler {
@@ -195,8 +205,9 @@ impl Sampler {
             params,
             prompt_len,
             rng: Xoshiro256::from_seed(seed),
-            counts: Vec::new(),
-            candidates: Vec::new(),
+            slot: Vec::new(),
+            entries: Vec::new(),
+            scratch: SampleScratch::default(),
         })
     }
 
@@ -204,236 +215,119 @@ impl Sampler {
         &self.params
     }
 
-    /// Pick the next token. `logits` (one per vocabulary entry) is used as scratch: it holds
-    /// penalised, temperature-scaled values or weights afterwards, not the input. `history` is prompt + generated ids; ids outside the
-    /// vocabulary are ignored. NaN logits are never chosen. With no usable logit at all
-    /// (empty or all NaN) the answer is 0, as there is nothing to choose from.
+    /// Pick the next token. `logits` (one per vocabulary entry) holds the penalised logits
+    /// afterwards. `history` is prompt + generated ids; ids outside the vocabulary are
+    /// ignored. NaN logits are never chosen; with no usable logit at all (empty or all NaN)
+    /// the answer is 0, as there is nothing to choose from.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        self.apply_repetition_penalty(logits, history);
-        self.apply_frequency_presence(logits, history);
-        if self.params.is_greedy() {
-            return argmax(logits).unwrap_or(0);
+        let vocab = logits.len();
+        if let Some(pen) = self.penalty_row() {
+            self.collect_penalty_entries(vocab, history);
+            let n = (self.entries.len() / 2) as u32;
+            if n > 0 {
+                penalize(logits, vocab, &[pen], &[0, n], &self.entries);
+            }
         }
-        self.draw(logits)
+        let row = self.next_row();
+        if vocab == 0 {
+            return 0;
+        }
+        sample_row(logits, &row, &mut self.scratch)
     }
 
-    /// HF `RepetitionPenaltyLogitsProcessor`: each distinct id in the history once.
-    fn apply_repetition_penalty(&mut self, logits: &mut [f32], history: &[u32]) {
-        let p = self.params.repetition_penalty;
-        if p == 1.0 {
-            return;
+    /// [`Sampler::sample`] on a logits tensor, [vocab] or [1, vocab] f32 on any device. On a
+    /// GPU the penalties and the draw run there (`Op::Penalize`, `Op::Sample`) and only the
+    /// 4-byte token id is copied back; the token is the one [`Sampler::sample`] picks from
+    /// the same values with the same seed.
+    pub fn sample_tensor(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32> {
+        let vocab = match logits.shape() {
+            [v] | [1, v] => *v,
+            s => {
+                return Err(shape_err(
+                    "sample",
+                    format!("logits {s:?}: expected [vocab] or [1, vocab]"),
+                ))
+            }
+        };
+        let device = logits.device();
+        if device == Device::Cpu {
+            let mut row = logits.to_vec::<f32>()?;
+            return Ok(self.sample(&mut row, history));
         }
-        self.counts.resize(logits.len(), 0);
-        for &id in history {
-            let Some(seen) = self.counts.get_mut(id as usize) else {
+        let backend = backend_for(device);
+        let mut x = logits.reshape(&[1, vocab])?;
+        if let Some(pen) = self.penalty_row() {
+            self.collect_penalty_entries(vocab, history);
+            let n = self.entries.len() / 2;
+            if n > 0 {
+                let offsets = Tensor::from_vec(vec![0, n as u32], &[2])?.to_device(device)?;
+                let entries = Tensor::from_slice(&self.entries, &[n, 2])?.to_device(device)?;
+                let op = Op::Penalize { rows: vec![pen] };
+                x = backend.execute(&op, &[&x, &offsets, &entries])?;
+            }
+        }
+        let op = Op::Sample {
+            rows: vec![self.next_row()],
+        };
+        let ids = backend.execute(&op, &[&x])?.to_vec::<u32>()?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| EngineError::Data("sample: no token id came back".into()))
+    }
+
+    /// This step's kernel parameters; draws the uniform (one number) unless greedy.
+    fn next_row(&mut self) -> SampleRow {
+        let p = &self.params;
+        let greedy = p.is_greedy();
+        SampleRow {
+            temperature: if greedy { 0.0 } else { p.temperature },
+            top_k: p.top_k.map_or(0, |k| k as u32),
+            top_p: p.top_p,
+            uniform: if greedy { 0.0 } else { self.rng.next_f64() },
+        }
+    }
+
+    /// The penalties, or None when all are neutral.
+    fn penalty_row(&self) -> Option<PenaltyRow> {
+        let p = &self.params;
+        let neutral =
+            p.repetition_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0;
+        (!neutral).then_some(PenaltyRow {
+            repetition: p.repetition_penalty,
+            frequency: p.frequency_penalty,
+            presence: p.presence_penalty,
+        })
+    }
+
+    /// Fills `entries` from `history`: every distinct in-vocabulary id the penalties touch
+    /// (prompt ids only when the repetition penalty is on, since frequency and presence
+    /// ignore them) with its count in the generated part.
+    fn collect_penalty_entries(&mut self, vocab: usize, history: &[u32]) {
+        let with_prompt = self.params.repetition_penalty != 1.0;
+        let split = self.prompt_len.min(history.len());
+        let Self { slot, entries, .. } = self;
+        entries.clear();
+        if slot.len() < vocab {
+            slot.resize(vocab, 0);
+        }
+        for (pos, &id) in history.iter().enumerate() {
+            let generated = pos >= split;
+            if (!generated && !with_prompt) || id as usize >= vocab {
                 continue;
-            };
-            if *seen == 0 {
-                *seen = 1;
-                let l = &mut logits[id as usize];
-                *l = if *l < 0.0 { *l * p } else { *l / p };
+            }
+            let s = &mut slot[id as usize];
+            if *s == 0 {
+                entries.extend_from_slice(&[id, 0]);
+                *s = (entries.len() / 2) as u32;
+            }
+            if generated {
+                entries[2 * (*s as usize - 1) + 1] += 1;
             }
         }
-        self.reset_counts(history);
-    }
-
-    /// OpenAI: `logit -= frequency * count + presence * (count > 0)` over generated ids.
-    fn apply_frequency_presence(&mut self, logits: &mut [f32], history: &[u32]) {
-        let (freq, pres) = (self.params.frequency_penalty, self.params.presence_penalty);
-        if freq == 0.0 && pres == 0.0 {
-            return;
-        }
-        let generated = history.get(self.prompt_len..).unwrap_or(&[]);
-        self.counts.resize(logits.len(), 0);
-        for &id in generated {
-            if let Some(c) = self.counts.get_mut(id as usize) {
-                *c += 1;
-            }
-        }
-        for &id in generated {
-            let Some(c) = self.counts.get_mut(id as usize) else {
-                continue;
-            };
-            // Apply once per distinct id: zeroing the count marks it done.
-            if *c > 0 {
-                logits[id as usize] -= freq * *c as f32 + pres;
-                *c = 0;
-            }
+        for pair in entries.chunks_exact(2) {
+            slot[pair[0] as usize] = 0;
         }
     }
-
-    fn reset_counts(&mut self, ids: &[u32]) {
-        for &id in ids {
-            if let Some(c) = self.counts.get_mut(id as usize) {
-                *c = 0;
-            }
-        }
-    }
-
-    /// Temperature -> top-k -> top-p -> softmax -> one draw.
-    fn draw(&mut self, logits: &mut [f32]) -> u32 {
-        let inv_t = 1.0 / self.params.temperature;
-        let mut max = f32::NEG_INFINITY;
-        for l in logits.iter_mut() {
-            *l *= inv_t;
-            // NaN compares false, so it never becomes the max.
-            if *l > max {
-                max = *l;
-            }
-        }
-        // exp(l - max) is undefined for an infinite max; such a token wins outright, and an
-        // all -inf (or empty, or all NaN) row has no preference, so these become an argmax.
-        if !max.is_finite() {
-            return argmax(logits).unwrap_or(0);
-        }
-
-        if self.params.top_k.is_none() && self.params.top_p >= 1.0 {
-            // Nothing is cut: weights go in place and the draw walks ids in order, which
-            // spares building and sorting a candidate list over the whole vocabulary.
-            let mut total = 0.0f64;
-            for l in logits.iter_mut() {
-                *l = if l.is_nan() { 0.0 } else { (*l - max).exp() };
-                total += *l as f64;
-            }
-            let target = self.rng.next_f64() * total;
-            return pick(
-                logits.iter().enumerate().map(|(i, &w)| (i as u32, w)),
-                target,
-            );
-        }
-
-        let cands = &mut self.candidates;
-        match self.params.top_k {
-            Some(k) => collect_top_k(logits, k, cands),
-            None => {
-                cands.clear();
-                cands.extend(
-                    logits
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, l)| !l.is_nan())
-                        .map(|(i, &l)| (i as u32, l)),
-                );
-            }
-        }
-        let mut total = 0.0f64;
-        for c in cands.iter_mut() {
-            c.1 = (c.1 - max).exp();
-            total += c.1 as f64;
-        }
-        if self.params.top_p < 1.0 {
-            let top_p = self.params.top_p as f64;
-            // Tokens lighter than (1 - top_p) * total / n weigh less than 1 - top_p together,
-            // so the rest already holds top_p of the mass and contains the nucleus.
-            let floor = ((1.0 - top_p) * total / cands.len() as f64) as f32;
-            cands.retain(|c| c.1 >= floor);
-            total = keep_nucleus(cands, total, top_p);
-        } else {
-            // Only the kept set is sorted, so the mapping from a draw to a token is canonical.
-            cands.sort_unstable_by(by_logit_desc);
-        }
-        let target = self.rng.next_f64() * total;
-        pick(cands.iter().copied(), target)
-    }
-}
-
-/// The token whose cumulative weight interval contains `target`. Rounding can leave
-/// `target` just past the last partial sum; then the last token with weight wins. A token
-/// of weight 0 is never picked.
-fn pick(weights: impl Iterator<Item = (u32, f32)>, target: f64) -> u32 {
-    let mut acc = 0.0f64;
-    let mut last_positive = 0;
-    for (id, w) in weights {
-        if w > 0.0 {
-            last_positive = id;
-        }
-        acc += w as f64;
-        if target < acc {
-            return id;
-        }
-    }
-    last_positive
-}
-
-/// The `k` best (logit, then lowest id) non-NaN entries of `logits`, unordered. Keeps a
-/// buffer of at most 2k entries and a running admission bar, so a 128k vocabulary costs
-/// one pass of comparisons rather than a selection over all of it.
-fn collect_top_k(logits: &[f32], k: usize, cands: &mut Vec<(u32, f32)>) {
-    cands.clear();
-    let k = k.max(1);
-    // The k-th best seen so far; only entries above it can still make the cut.
-    let mut bar: Option<(u32, f32)> = None;
-    for (i, &l) in logits.iter().enumerate() {
-        if l.is_nan() {
-            continue;
-        }
-        let c = (i as u32, l);
-        if bar.is_some_and(|b| by_logit_desc(&c, &b).is_ge()) {
-            continue;
-        }
-        cands.push(c);
-        if cands.len() >= 2 * k {
-            cands.select_nth_unstable_by(k - 1, by_logit_desc);
-            cands.truncate(k);
-            bar = Some(cands[k - 1]);
-        }
-    }
-    if cands.len() > k {
-        cands.select_nth_unstable_by(k - 1, by_logit_desc);
-        cands.truncate(k);
-    }
-}
-
-/// Descending weight (or logit), then ascending id: a total order on non-NaN values.
-fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
-    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
-}
-
-/// Shrink `cands` (weights, unnormalised, summing to `total`) to the smallest prefix in
-/// descending order whose mass is >= `top_p` of the total; returns the kept mass.
-/// Rather than sorting the whole vocabulary it brings the next 64, 512, 4096, ... heaviest
-/// to the front (selection in the unsorted tail), sorts just that chunk and keeps summing,
-/// so a peaked distribution touches few entries and a flat one costs about one sort.
-fn keep_nucleus(cands: &mut Vec<(u32, f32)>, total: f64, top_p: f64) -> f64 {
-    let threshold = top_p * total;
-    let mut acc = 0.0f64;
-    let (mut start, mut chunk) = (0usize, 64usize);
-    let len = cands.len();
-    while start < len {
-        let end = start.saturating_add(chunk).min(len);
-        if end < len {
-            cands[start..].select_nth_unstable_by(end - start - 1, by_logit_desc);
-        }
-        let head = &mut cands[start..end];
-        head.sort_unstable_by(by_logit_desc);
-        let reached = head.iter().position(|c| {
-            acc += c.1 as f64;
-            acc >= threshold
-        });
-        if let Some(i) = reached {
-            cands.truncate(start + i + 1);
-            return acc;
-        }
-        start = end;
-        chunk = chunk.saturating_mul(8);
-    }
-    // Rounding kept the sum just under the threshold: everything is the nucleus.
-    acc
-}
-
-/// Index of the first largest non-NaN value.
-fn argmax(values: &[f32]) -> Option<u32> {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &v) in values.iter().enumerate() {
-        if v.is_nan() {
-            continue;
-        }
-        match best {
-            Some((_, b)) if v <= b => {}
-            _ => best = Some((i, v)),
-        }
-    }
-    best.map(|(i, _)| i as u32)
 }
 
 #[cfg(test)]

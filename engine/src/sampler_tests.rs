@@ -1,4 +1,6 @@
 use super::*;
+use crate::tensor::Tensor;
+use kiln_kernels::cpu::sample::SampleScratch;
 
 fn params(temperature: f32) -> SamplingParams {
     SamplingParams {
@@ -186,26 +188,30 @@ fn top_k_keeps_the_k_best_renormalised() {
 }
 
 #[test]
-fn collect_top_k_matches_a_full_sort() {
-    let mut rng = Xoshiro256::from_seed(5);
-    for k in [1, 2, 7, 40, 50] {
-        // Few distinct values, so ties must be broken by id exactly like the sort.
-        let row: Vec<f32> = (0..5000)
-            .map(|i| match i % 97 {
-                0 => f32::NAN,
-                _ => (rng.next_f64() * 30.0).floor() as f32,
-            })
-            .collect();
-        let mut got = Vec::new();
-        collect_top_k(&row, k, &mut got);
-        got.sort_unstable_by(by_logit_desc);
-        let mut want: Vec<(u32, f32)> = (0..row.len() as u32)
-            .map(|i| (i, row[i as usize]))
-            .filter(|c| !c.1.is_nan())
-            .collect();
-        want.sort_unstable_by(by_logit_desc);
-        want.truncate(k);
-        assert_eq!(got, want, "k = {k}");
+fn top_k_keeps_exactly_the_k_best_ties_by_lowest_id() {
+    // Few distinct values: the best (4.0) sits at ids 4, 9, ..., 49 and a NaN at 0; k best
+    // by (logit desc, id asc) are the first k of those ids, and nothing else is ever drawn.
+    let row: Vec<f32> = (0..50)
+        .map(|i| if i == 0 { f32::NAN } else { (i % 5) as f32 })
+        .collect();
+    for k in [2usize, 3, 7] {
+        let mut s = sampler(
+            SamplingParams {
+                top_k: Some(k),
+                seed: Some(11 + k as u64),
+                ..params(1.0)
+            },
+            0,
+        );
+        let f = frequencies(&mut s, &row, 4000);
+        let drawn: Vec<usize> = (0..50).filter(|&i| f[i] > 0.0).collect();
+        let want: Vec<usize> = (0..k).map(|j| 4 + 5 * j).collect();
+        assert_eq!(drawn, want, "k = {k} (seed {})", 11 + k);
+        assert_close(
+            &want.iter().map(|&i| f[i]).collect::<Vec<_>>(),
+            &vec![1.0 / k as f64; k],
+            0.04,
+        );
     }
 }
 
@@ -369,4 +375,194 @@ fn validate_names_each_field() {
         msg,
         Err("top_k: must be between 1 and 50, got 51".to_string())
     );
+}
+
+#[test]
+fn sample_tensor_on_the_cpu_is_sample() {
+    // Same seed, same logits and history: the tensor path picks what the slice path picks,
+    // penalties included, and takes the same numbers from the random stream.
+    let p = SamplingParams {
+        temperature: 0.8,
+        top_k: Some(20),
+        top_p: 0.9,
+        repetition_penalty: 1.3,
+        frequency_penalty: 0.4,
+        presence_penalty: -0.2,
+        seed: Some(2024),
+        ..SamplingParams::default()
+    };
+    let mut a = sampler(p.clone(), 3);
+    let mut b = sampler(p, 3);
+    let mut rng = Xoshiro256::from_seed(3);
+    let mut history = vec![5u32, 7, 5];
+    for step in 0..100 {
+        let row: Vec<f32> = (0..300).map(|_| rng.next_f64() as f32 * 6.0).collect();
+        let t = Tensor::from_vec(row.clone(), &[1, 300]).unwrap();
+        let want = a.sample(&mut row.clone(), &history);
+        let got = b.sample_tensor(&t, &history).unwrap();
+        assert_eq!(got, want, "step {step}");
+        history.push(got);
+    }
+    let one_d = Tensor::from_vec(vec![0.0f32, 1.0], &[2]).unwrap();
+    assert!(b.sample_tensor(&one_d, &[]).is_ok());
+    let bad = Tensor::from_vec(vec![0.0f32; 4], &[2, 2]).unwrap();
+    let err = b.sample_tensor(&bad, &[]).unwrap_err().to_string();
+    assert!(err.contains("[vocab] or [1, vocab]"), "{err}");
+}
+
+#[test]
+fn penalty_entries_are_distinct_ids_with_generated_counts() {
+    let mut s = sampler(
+        SamplingParams {
+            repetition_penalty: 1.5,
+            frequency_penalty: 0.1,
+            ..params(0.0)
+        },
+        3,
+    );
+    // Prompt [2, 9, 2], generated [4, 2, 4, 4, 100]; 100 is outside the vocabulary.
+    let history = [2, 9, 2, 4, 2, 4, 4, 100];
+    s.collect_penalty_entries(10, &history);
+    assert_eq!(s.entries, [2, 1, 9, 0, 4, 3]);
+    assert!(s.slot.iter().all(|&x| x == 0), "scratch is reset");
+    // Without a repetition penalty the prompt-only ids are left out.
+    let mut s = sampler(
+        SamplingParams {
+            presence_penalty: 0.5,
+            ..params(0.0)
+        },
+        3,
+    );
+    s.collect_penalty_entries(10, &history);
+    assert_eq!(s.entries, [4, 3, 2, 1]);
+    let mut logits = [0.0f32; 10];
+    s.sample(&mut logits, &history);
+    assert_eq!(logits[2], -0.5);
+    assert_eq!(logits[4], -0.5);
+    assert_eq!(logits[9], 0.0);
+}
+
+#[test]
+fn one_number_per_non_greedy_step_whatever_the_logits() {
+    // NaN rows, infinite logits and empty rows still advance the stream by one, so the CPU
+    // and device paths (and any later step) stay in step.
+    let mut a = sampler(params(1.0), 0);
+    let mut b = sampler(params(1.0), 0);
+    assert_eq!(a.sample(&mut [f32::NAN, f32::NAN], &[]), 0);
+    assert_eq!(a.sample(&mut [0.0, f32::INFINITY], &[]), 1);
+    assert_eq!(a.sample(&mut [], &[]), 0);
+    for _ in 0..3 {
+        b.rng.next_f64();
+    }
+    let row = vec![0.0f32; 64];
+    assert_eq!(
+        a.sample(&mut row.clone(), &[]),
+        b.sample(&mut row.clone(), &[])
+    );
+}
+
+fn srow(temperature: f32, top_k: u32, top_p: f32, uniform: f64) -> SampleRow {
+    SampleRow {
+        temperature,
+        top_k,
+        top_p,
+        uniform,
+    }
+}
+
+#[test]
+fn sample_op_checks_shapes_and_row_parameters() {
+    let cpu = backend_for(Device::Cpu);
+    let x = Tensor::from_vec((0..120).map(|i| (i % 17) as f32).collect(), &[3, 40]).unwrap();
+    let ok = srow(0.7, 5, 0.9, 0.25);
+    let err = |rows: Vec<SampleRow>, t: &Tensor| {
+        cpu.execute(&Op::Sample { rows }, &[t])
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(vec![ok; 2], &x).contains("2 row parameter sets for 3 rows"));
+    for (bad, field) in [
+        (srow(f32::NAN, 0, 1.0, 0.5), "temperature"),
+        (srow(-1.0, 0, 1.0, 0.5), "temperature"),
+        (srow(f32::INFINITY, 0, 1.0, 0.5), "temperature"),
+        (srow(1.0, 0, 0.0, 0.5), "top_p"),
+        (srow(1.0, 0, f32::NAN, 0.5), "top_p"),
+        (srow(1.0, 0, 1.5, 0.5), "top_p"),
+        (srow(1.0, 0, 1.0, 1.0), "uniform"),
+        (srow(1.0, 0, 1.0, -0.1), "uniform"),
+    ] {
+        let e = err(vec![ok, bad, ok], &x);
+        assert!(e.starts_with(&format!("sample: row 1: {field}")), "{e}");
+    }
+    let empty = Tensor::from_vec(Vec::<f32>::new(), &[1, 0]).unwrap();
+    assert!(err(vec![ok], &empty).contains("rows of 0 logits"));
+    let ids = Tensor::from_vec(vec![1u32, 2], &[1, 2]).unwrap();
+    assert!(err(vec![ok], &ids).contains("dtype u32"));
+
+    // Valid: one id per row, as the twin picks them.
+    let rows = vec![ok, srow(0.0, 0, 1.0, 0.0), srow(1.0, 0, 0.5, 0.99)];
+    let out = cpu
+        .execute(&Op::Sample { rows: rows.clone() }, &[&x])
+        .unwrap();
+    assert_eq!(out.shape(), [3]);
+    let got = out.to_vec::<u32>().unwrap();
+    let data = x.to_vec::<f32>().unwrap();
+    for (r, p) in rows.iter().enumerate() {
+        let want = kiln_kernels::cpu::sample::sample_row(
+            &data[r * 40..(r + 1) * 40],
+            p,
+            &mut SampleScratch::default(),
+        );
+        assert_eq!(got[r], want, "row {r}");
+    }
+    assert_eq!(got[1], 10, "greedy row: first largest (value 16 at 50)");
+}
+
+#[test]
+fn penalize_op_checks_its_csr() {
+    let cpu = backend_for(Device::Cpu);
+    let x = Tensor::from_vec(vec![2.0f32, -1.0, 0.5, 3.0, 1.0, 1.0], &[2, 3]).unwrap();
+    let pen = PenaltyRow {
+        repetition: 2.0,
+        frequency: 0.5,
+        presence: 0.0,
+    };
+    let u32s = |v: Vec<u32>, shape: &[usize]| Tensor::from_vec(v, shape).unwrap();
+    let run = |offsets: Vec<u32>, entries: Vec<u32>, rows: Vec<PenaltyRow>| {
+        let n = entries.len() / 2;
+        let o = u32s(offsets.clone(), &[offsets.len()]);
+        let e = u32s(entries, &[n, 2]);
+        cpu.execute(&Op::Penalize { rows }, &[&x, &o, &e])
+            .map(|t| t.to_vec::<f32>().unwrap())
+            .map_err(|e| e.to_string())
+    };
+    // Row 0: id 0 (prompt only), id 1 twice generated; row 1: id 2 once.
+    let got = run(vec![0, 2, 3], vec![0, 0, 1, 2, 2, 1], vec![pen, pen]).unwrap();
+    assert_eq!(got, [1.0, -2.0 - 1.0, 0.5, 3.0, 1.0, 0.5 - 0.5]);
+    let e = run(vec![0, 2, 1], vec![0, 0, 1, 2, 2, 1], vec![pen, pen]).unwrap_err();
+    assert!(e.contains("offsets decrease at row 1"), "{e}");
+    let e = run(vec![0, 2, 4], vec![0, 0, 1, 2, 2, 1], vec![pen, pen]).unwrap_err();
+    assert!(e.contains("past the 3 entries"), "{e}");
+    let e = run(vec![0, 3], vec![0, 0, 1, 2, 2, 1], vec![pen]).unwrap_err();
+    assert!(e.contains("1 row parameter sets for 2 rows"), "{e}");
+    let e = run(vec![0, 3], vec![0, 0, 1, 2, 2, 1], vec![pen, pen]).unwrap_err();
+    assert!(e.contains("offsets [2] for 2 rows"), "{e}");
+    let bad = PenaltyRow {
+        repetition: 0.0,
+        ..pen
+    };
+    let e = run(vec![0, 2, 3], vec![0, 0, 1, 2, 2, 1], vec![pen, bad]).unwrap_err();
+    assert!(e.starts_with("penalize: row 1: repetition"), "{e}");
+    let flat = u32s(vec![0, 1, 2], &[3]);
+    let o = u32s(vec![0, 1, 1], &[3]);
+    let e = cpu
+        .execute(
+            &Op::Penalize {
+                rows: vec![pen, pen],
+            },
+            &[&x, &o, &flat],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected [n, 2]"), "{e}");
 }

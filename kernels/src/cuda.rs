@@ -65,6 +65,8 @@ pub const HOT_KERNELS: &[&str] = &[
     "kiln_cast_f32_bf16",
     "kiln_cast_bf16_f32",
     "kiln_argmax_f32",
+    "kiln_sample_f32",
+    "kiln_penalize_f32",
     "kiln_gemv_f32_m1",
     "kiln_gemv_f32_m4",
     "kiln_gemv_f32_m8",

@@ -220,8 +220,8 @@ impl TextModel {
         let prefill_secs = started.elapsed().as_secs_f64();
         let decode_start = Instant::now();
         let finish_reason = loop {
-            let mut row = logits.to_vec::<f32>()?;
-            let next = sampler.sample(&mut row, &history);
+            // On a GPU the logits stay there: only the token id comes back.
+            let next = sampler.sample_tensor(&logits, &history)?;
             if self.eos_ids.contains(&next) {
                 break FinishReason::Eos;
             }

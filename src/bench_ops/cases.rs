@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::ValueEnum;
-use kiln_engine::op::{GeluApprox, RopeStyle};
+use kiln_engine::op::{GeluApprox, PenaltyRow, RopeStyle, SampleRow};
 use kiln_engine::{DType, Op, Tensor};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -218,6 +218,47 @@ pub fn specs(name: &str, size: Size) -> Vec<Spec> {
                 vec![inp(&rh, Fill::Uniform(DType::BF16))],
             ),
         ],
+        "sample" => {
+            // One decode step of a 128k-vocabulary batch: no cut, top-k, top-p, both.
+            let rows = if large { 64 } else { 1 };
+            [(0, 1.0), (50, 1.0), (0, 0.9), (40, 0.95)]
+                .iter()
+                .map(|&(top_k, top_p)| {
+                    let row = SampleRow {
+                        temperature: 0.7,
+                        top_k,
+                        top_p,
+                        uniform: 0.5,
+                    };
+                    let op = Op::Sample {
+                        rows: vec![row; rows],
+                    };
+                    pure(op, vec![f32s(&[rows, 128256])])
+                })
+                .collect()
+        }
+        "penalize" => {
+            // One (id, count) entry per row (offsets 0, 1, ..): mostly the copy of the logits.
+            let rows = if large { 64 } else { 1 };
+            let op = Op::Penalize {
+                rows: vec![
+                    PenaltyRow {
+                        repetition: 1.3,
+                        frequency: 0.5,
+                        presence: 0.2,
+                    };
+                    rows
+                ],
+            };
+            vec![pure(
+                op,
+                vec![
+                    f32s(&[rows, 128256]),
+                    inp(&[rows + 1], Fill::Positions),
+                    inp(&[rows, 2], Fill::Ids(128256)),
+                ],
+            )]
+        }
         "copy_rows" => vec![Spec {
             op: Op::CopyRows { dst_row: r / 2 },
             inputs: vec![f32s(&rh)],
@@ -360,7 +401,9 @@ pub fn traffic(op: &Op, inputs: &[Tensor], dst: Option<&Tensor>) -> Result<(f64,
         | Op::Mul
         | Op::Scale { .. }
         | Op::Argmax
-        | Op::Cast { .. } => (read + out, 0.0),
+        | Op::Cast { .. }
+        | Op::Sample { .. }
+        | Op::Penalize { .. } => (read + out, 0.0),
     })
 }
 

@@ -35,6 +35,8 @@ impl Backend for CpuBackend {
                 [DType::F32, k, v, DType::U32, DType::U32, DType::U32]
                     if k == v && matches!(k, DType::F32 | DType::BF16)
             ),
+            Op::Sample { .. } => dtypes == [DType::F32],
+            Op::Penalize { .. } => dtypes == [DType::F32, DType::U32, DType::U32],
             _ => dtypes.iter().all(|d| *d == DType::F32 || *d == DType::U32),
         }
     }
@@ -49,6 +51,7 @@ impl Backend for CpuBackend {
         match op {
             Op::Argmax => return argmax(&inputs[0], &shape, n),
             Op::Cast { to } => return cast(&inputs[0], *to, &shape),
+            Op::Sample { rows } => return sample(&inputs[0], rows, &shape),
             Op::LayerNorm { .. } | Op::Gelu { .. } | Op::QuickGelu | Op::AddRmsNorm { .. }
                 if dtype == DType::BF16 =>
             {
@@ -324,7 +327,17 @@ fn run_f32(op: &Op, inputs: &[Tensor], out: &mut [f32]) -> Result<()> {
                 p,
             );
         }
-        Op::Argmax | Op::Cast { .. } | Op::CopyRows { .. } | Op::ReshapeAndCache => {
+        Op::Penalize { rows } => {
+            out.copy_from_slice(x.as_slice()?);
+            let (offsets, entries) = (inputs[1].as_slice()?, inputs[2].as_slice()?);
+            check_offsets(offsets, entries.len() / 2)?;
+            k::sample::penalize(out, last(x), rows, offsets, entries);
+        }
+        Op::Argmax
+        | Op::Cast { .. }
+        | Op::CopyRows { .. }
+        | Op::ReshapeAndCache
+        | Op::Sample { .. } => {
             return Err(EngineError::Data(format!(
                 "{} does not produce f32 here",
                 op.name()
@@ -402,6 +415,31 @@ fn argmax(x: &Tensor, shape: &[usize], rows: usize) -> Result<Tensor> {
     let mut out = vec![0u32; rows];
     k::argmax::argmax(x.as_slice()?, rows, cols, &mut out);
     Tensor::from_vec(out, shape)
+}
+
+fn sample(x: &Tensor, rows: &[k::sample::SampleRow], shape: &[usize]) -> Result<Tensor> {
+    let mut out = vec![0u32; rows.len()];
+    k::sample::sample(x.as_slice()?, last(x), rows, &mut out);
+    Tensor::from_vec(out, shape)
+}
+
+/// Penalty offsets must be non-decreasing and end within the entries (the kernel clamps; here
+/// a bad CSR is an error).
+fn check_offsets(offsets: &[u32], entries: usize) -> Result<()> {
+    let bad = offsets.windows(2).position(|w| w[0] > w[1]);
+    if let Some(r) = bad {
+        return Err(EngineError::Data(format!(
+            "penalize: offsets decrease at row {r} ({} then {})",
+            offsets[r],
+            offsets[r + 1]
+        )));
+    }
+    match offsets.last() {
+        Some(&end) if end as usize > entries => Err(EngineError::Data(format!(
+            "penalize: offsets end at {end}, past the {entries} entries"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn cast(x: &Tensor, to: DType, shape: &[usize]) -> Result<Tensor> {

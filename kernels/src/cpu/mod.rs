@@ -14,6 +14,7 @@ pub mod paged_attention;
 pub mod quant;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sample;
 pub mod silu_mul;
 pub mod softmax;
 pub mod varlen_attention;

@@ -115,6 +115,53 @@ pub struct ArgmaxParams {
     pub cols: u32,
 }
 
+/// One row of `kiln_sample_f32` (an array of these in device memory): `top_k` 0 is off,
+/// `temperature` not > 0 or `top_k` 1 is greedy, `uniform` in [0, 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SampleRowParams {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub pad: u32,
+    pub uniform: f64,
+}
+
+/// `kiln_sample_f32`: logits f32 [rows, vocab] -> out u32 [rows]; `row_params` points at
+/// `rows` [`SampleRowParams`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SampleParams {
+    pub logits: u64,
+    pub row_params: u64,
+    pub out: u64,
+    pub rows: u64,
+    pub vocab: u32,
+}
+
+/// One row of `kiln_penalize_f32` (an array of these in device memory).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PenaltyRowParams {
+    pub repetition: f32,
+    pub frequency: f32,
+    pub presence: f32,
+}
+
+/// `kiln_penalize_f32`: logits f32 [rows, vocab] penalised in place; `offsets` u32
+/// [rows + 1] into `entries` u32 [n_entries, 2] (id, count in the generated text).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PenalizeParams {
+    pub logits: u64,
+    pub offsets: u64,
+    pub entries: u64,
+    pub row_params: u64,
+    pub rows: u64,
+    pub n_entries: u32,
+    pub vocab: u32,
+}
+
 /// `kiln_embedding_{f32,bf16,f16}`: table [vocab, hidden] -> out f32 [tokens, hidden].
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -190,6 +237,10 @@ const _: () = {
     assert!(size_of::<LayerNormParams>() == 48 && offset_of!(LayerNormParams, eps) == 44);
     assert!(size_of::<SoftmaxParams>() == 40 && offset_of!(SoftmaxParams, causal) == 32);
     assert!(size_of::<ArgmaxParams>() == 32 && offset_of!(ArgmaxParams, cols) == 24);
+    assert!(size_of::<SampleRowParams>() == 24 && offset_of!(SampleRowParams, uniform) == 16);
+    assert!(size_of::<SampleParams>() == 40 && offset_of!(SampleParams, vocab) == 32);
+    assert!(size_of::<PenaltyRowParams>() == 12);
+    assert!(size_of::<PenalizeParams>() == 48 && offset_of!(PenalizeParams, vocab) == 44);
     assert!(size_of::<EmbeddingParams>() == 40 && offset_of!(EmbeddingParams, vocab) == 36);
     assert!(size_of::<RopeParams>() == 48 && offset_of!(RopeParams, attention_scaling) == 44);
     assert!(size_of::<AttentionParams>() == 64 && offset_of!(AttentionParams, causal) == 56);

@@ -6,7 +6,8 @@
 //! - `alloc`: the caching device allocator (and the guard-region hook of the test suite);
 //! - `transfer`: pinned staging for host <-> device copies, 2D-memcpy strided gathers;
 //! - `launch`: lazy module loading and checked kernel launches;
-//! - `ops`: the op set on CUDA tensors (and the strided-copy kernel behind `contiguous()`).
+//! - `ops`: the op set on CUDA tensors and the strided-copy kernel behind `contiguous()`
+//!   (`ops_attention`, `ops_matmul`, `ops_paged`, `ops_sample` for the larger launchers).
 //!
 //! The public functions here serve benchmarks and tools: device names, memory, timing.
 
@@ -18,6 +19,7 @@ mod ops_attention;
 mod ops_gemm;
 mod ops_matmul;
 mod ops_paged;
+mod ops_sample;
 mod transfer;
 
 pub use alloc::{set_guard_bytes, AllocStats, CudaBuffer, GUARD_SENTINEL};

@@ -63,6 +63,8 @@ impl Backend for CudaBackend {
             }
             Op::VarlenAttention { .. } => dtypes == [F32, F32, F32, U32, U32],
             Op::Matmul { .. } => super::ops_matmul::supports(op, dtypes),
+            Op::Sample { .. } => dtypes == [F32],
+            Op::Penalize { .. } => dtypes == [F32, U32, U32],
         }
     }
 
@@ -393,6 +395,8 @@ fn run(dev: &DeviceCtx, op: &Op, x: &[Tensor], out: &CudaStorage) -> Result<()> 
         Op::VarlenAttention { scale, causal } => {
             super::ops_paged::varlen_attention(*scale, *causal, x, o)
         }
+        Op::Sample { rows } => super::ops_sample::sample(rows, &x[0], out),
+        Op::Penalize { rows } => super::ops_sample::penalize(rows, x, out),
         Op::CopyRows { .. } | Op::ReshapeAndCache => Err(EngineError::Unsupported {
             op: name,
             backend: "cuda",
