@@ -605,3 +605,185 @@ async fn json_mode_replies_parse_and_match_the_schema() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_and_wrong_bodies_are_named() {
+    let h = Harness::default().await;
+    let (status, _, v) = h
+        .post(
+            &format!("/ai/run/{DEFAULT}"),
+            &json!({"prompt": "x", "max_token": 5}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(error_code(&v), 5006);
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"max_token\""),
+        "{v}"
+    );
+    let (status, _, v) = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": DEFAULT, "messages": [], "temprature": 1}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temprature"),
+        "{v}"
+    );
+    // A binary body with another content type: 400, not a 5xx.
+    let r = h
+        .client
+        .post(format!("{}/ai/run/{DEFAULT}", h.base))
+        .header("content-type", "image/png")
+        .body(vec![0x89u8, b'P', b'N', b'G', 0, 1, 2, 255])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(&r.json().await.unwrap()), 5006);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_streams_match_their_sequential_text() {
+    let h = Harness::start(ServerConfig::default(), false, 64, 128).await;
+    let h = Arc::new(h);
+    let prompts: Vec<String> = (0..10)
+        .map(|i| format!("Story number {i} begins"))
+        .collect();
+    let body = |p: &str| json!({"prompt": p, "max_tokens": 8, "temperature": 0, "stream": true});
+    async fn stream_text(h: &Harness, body: Value) -> String {
+        let r = h
+            .client
+            .post(format!("{}/ai/run/{DEFAULT}", h.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let data = sse_data(&r.text().await.unwrap());
+        assert_eq!(data.last().unwrap(), "[DONE]");
+        data[..data.len() - 1]
+            .iter()
+            .map(|d| {
+                let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}"));
+                v["response"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+    let mut alone = Vec::new();
+    for p in &prompts {
+        alone.push(stream_text(&h, body(p)).await);
+    }
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let h = h.clone();
+            let b = body(&prompts[i % 10]);
+            tokio::spawn(async move { stream_text(&h, b).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), alone[i % 10], "stream {i}");
+    }
+    Arc::into_inner(h).unwrap().stop().await;
+}
+
+/// Random bodies thrown at the routes: always a JSON answer with a 2xx or 4xx status, never a
+/// 5xx (seeded, printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bodies_never_get_a_5xx() {
+    let h = Harness::default().await;
+    let seed = 0x5eed_f022u64;
+    println!("fuzz seed {seed:#x}");
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let fields = [
+        "prompt",
+        "messages",
+        "raw",
+        "stream",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "repetition_penalty",
+        "frequency_penalty",
+        "presence_penalty",
+        "response_format",
+        "model",
+        "stop",
+        "n",
+        "bogus",
+    ];
+    fn value(depth: u32, r: &mut dyn FnMut() -> u64) -> Value {
+        match r() % if depth > 2 { 6 } else { 8 } {
+            0 => Value::Null,
+            1 => json!(r() % 2 == 0),
+            2 => json!((r() % 2000) as i64 - 1000),
+            3 => json!(((r() % 10_000) as f64) / 997.0 - 3.0),
+            4 => json!(["", "x", "héllo", "{", "\u{0}", "json_object"][(r() % 6) as usize]),
+            5 => json!(u64::MAX - r() % 3),
+            6 => Value::Array((0..r() % 3).map(|_| value(depth + 1, r)).collect()),
+            _ => {
+                let mut m = serde_json::Map::new();
+                for k in ["role", "content", "type", "json_schema"] {
+                    if r() % 2 == 0 {
+                        m.insert(k.into(), value(depth + 1, r));
+                    }
+                }
+                Value::Object(m)
+            }
+        }
+    }
+    for i in 0..150 {
+        let body = if next() % 10 == 0 {
+            let bytes: Vec<u8> = (0..next() % 40).map(|_| next() as u8).collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            let mut m = serde_json::Map::new();
+            for _ in 0..next() % 5 {
+                let k = fields[(next() % fields.len() as u64) as usize];
+                m.insert(k.into(), value(0, &mut next));
+            }
+            if next() % 3 == 0 {
+                m.insert("max_tokens".into(), json!(next() % 4 + 1));
+            }
+            Value::Object(m).to_string()
+        };
+        let path = match i % 3 {
+            0 => format!("/ai/run/{DEFAULT}"),
+            1 => "/v1/chat/completions".to_string(),
+            _ => "/v1/completions".to_string(),
+        };
+        let r = h
+            .client
+            .post(format!("{}{path}", h.base))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert!(status < 500, "case {i} {path} {body}: {status} {text}");
+        if !text.starts_with("data: ") {
+            serde_json::from_str::<Value>(&text)
+                .unwrap_or_else(|e| panic!("case {i}: {e}: {text}"));
+        }
+    }
+    h.stop().await;
+}

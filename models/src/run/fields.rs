@@ -18,6 +18,17 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A 400 naming the first field that is not in `known` (a typo must not be ignored).
+    pub fn only(&self, known: &[&str]) -> Result<(), RunError> {
+        match self.map.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(RunError::bad_input(format!(
+                "unknown field {k:?} (accepted: {})",
+                known.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// A present, non-null field.
     pub fn get(&self, name: &str) -> Option<&'a Value> {
         self.map.get(name).filter(|v| !v.is_null())

@@ -21,8 +21,55 @@ pub struct OpenAiRequest {
     pub include_usage: bool,
 }
 
+const CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "response_format",
+    "stream",
+    "stream_options",
+    "stop",
+    "n",
+    "user",
+    "logprobs",
+];
+const COMPLETION_FIELDS: &[&str] = &[
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "response_format",
+    "stream",
+    "stream_options",
+    "stop",
+    "n",
+    "user",
+    "logprobs",
+];
+
 pub fn parse(body: &Value, endpoint: Endpoint) -> Result<OpenAiRequest, RunError> {
     let f = Fields::new(body)?;
+    f.only(match endpoint {
+        Endpoint::Chat => CHAT_FIELDS,
+        Endpoint::Completions => COMPLETION_FIELDS,
+    })?;
+    if f.get("logprobs").is_some_and(|v| v != &Value::Bool(false)) {
+        return Err(RunError::bad_input("logprobs: not supported"));
+    }
     let model = match f.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => {

@@ -42,9 +42,27 @@ pub struct TextInput {
     pub stop: Vec<String>,
 }
 
+/// The Workers AI text-generation input fields kiln accepts.
+pub const FIELDS: &[&str] = &[
+    "prompt",
+    "messages",
+    "raw",
+    "stream",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "response_format",
+];
+
 /// Parses a Workers AI text-generation input.
 pub fn parse(input: &Value) -> Result<TextInput, RunError> {
     let f = Fields::new(input)?;
+    f.only(FIELDS)?;
     let prompt = match (f.get("prompt"), f.get("messages")) {
         (Some(_), Some(_)) => {
             return Err(RunError::bad_input(
