@@ -733,7 +733,7 @@ async fn random_bodies_never_get_a_5xx() {
     fn value(depth: u32, r: &mut dyn FnMut() -> u64) -> Value {
         match r() % if depth > 2 { 6 } else { 8 } {
             0 => Value::Null,
-            1 => json!(r() % 2 == 0),
+            1 => json!(r().is_multiple_of(2)),
             2 => json!((r() % 2000) as i64 - 1000),
             3 => json!(((r() % 10_000) as f64) / 997.0 - 3.0),
             4 => json!(["", "x", "héllo", "{", "\u{0}", "json_object"][(r() % 6) as usize]),
@@ -742,7 +742,7 @@ async fn random_bodies_never_get_a_5xx() {
             _ => {
                 let mut m = serde_json::Map::new();
                 for k in ["role", "content", "type", "json_schema"] {
-                    if r() % 2 == 0 {
+                    if r().is_multiple_of(2) {
                         m.insert(k.into(), value(depth + 1, r));
                     }
                 }
@@ -751,7 +751,7 @@ async fn random_bodies_never_get_a_5xx() {
         }
     }
     for i in 0..150 {
-        let body = if next() % 10 == 0 {
+        let body = if next().is_multiple_of(10) {
             let bytes: Vec<u8> = (0..next() % 40).map(|_| next() as u8).collect();
             String::from_utf8_lossy(&bytes).into_owned()
         } else {
@@ -760,7 +760,7 @@ async fn random_bodies_never_get_a_5xx() {
                 let k = fields[(next() % fields.len() as u64) as usize];
                 m.insert(k.into(), value(0, &mut next));
             }
-            if next() % 3 == 0 {
+            if next().is_multiple_of(3) {
                 m.insert("max_tokens".into(), json!(next() % 4 + 1));
             }
             Value::Object(m).to_string()
