@@ -103,6 +103,7 @@ async fn complete(st: Shared, body: Body, endpoint: Endpoint) -> Response {
             clock: TokenClock::new(started),
             first: true,
             done: false,
+            include_usage: req.include_usage,
         };
         return reply::sse(chunk_stream(s), Some(&served));
     }
@@ -133,6 +134,7 @@ struct ChunkStream {
     clock: TokenClock,
     first: bool,
     done: bool,
+    include_usage: bool,
 }
 
 /// Chunks with choices[].delta, a final chunk with finish_reason, a usage chunk, [DONE].
@@ -174,14 +176,14 @@ fn chunk_stream(
                     s.first,
                     Some(finish_reason),
                 );
-                let usage = openai::usage_chunk(s.endpoint, &s.id, s.created, &s.model, &usage);
-                [
-                    reply::event(&last),
-                    reply::event(&usage),
-                    reply::done_event(),
-                ]
-                .concat()
-                .into()
+                // The usage chunk only when asked for (stream_options.include_usage), as OpenAI.
+                let mut out = vec![reply::event(&last)];
+                if s.include_usage {
+                    let u = openai::usage_chunk(s.endpoint, &s.id, s.created, &s.model, &usage);
+                    out.push(reply::event(&u));
+                }
+                out.push(reply::done_event());
+                out.concat().into()
             }
             Ok(Some(Err(e))) => {
                 s.done = true;

@@ -432,7 +432,8 @@ async fn openai_chat_and_completions() {
     let r = h
         .client
         .post(format!("{}/v1/chat/completions", h.base))
-        .json(&json!({"model": DEFAULT, "messages": msgs, "max_tokens": 4, "temperature": 0, "stream": true}))
+        .json(&json!({"model": DEFAULT, "messages": msgs, "max_tokens": 4, "temperature": 0, "stream": true,
+                      "stream_options": {"include_usage": true}}))
         .send()
         .await
         .unwrap();
@@ -452,6 +453,19 @@ async fn openai_chat_and_completions() {
         chunks.last().unwrap()["usage"]["completion_tokens"],
         json!(4)
     );
+    // Without include_usage there is no usage chunk (every chunk has a choice).
+    let r = h
+        .client
+        .post(format!("{}/v1/chat/completions", h.base))
+        .json(&json!({"model": DEFAULT, "messages": msgs, "max_tokens": 2, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let data = sse_data(&r.text().await.unwrap());
+    for d in &data[..data.len() - 1] {
+        let c: Value = serde_json::from_str(d).unwrap();
+        assert_eq!(c["choices"].as_array().unwrap().len(), 1, "{d}");
+    }
     // /v1/completions takes a raw prompt; stop strings end the text.
     let (status, _, v) = h
         .post(
