@@ -214,11 +214,11 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
-fn req_usize(v: &Value, key: &str) -> Result<usize, String> {
+pub(crate) fn req_usize(v: &Value, key: &str) -> Result<usize, String> {
     opt_usize(v, key)?.ok_or_else(|| format!("missing {key}"))
 }
 
-fn opt_usize(v: &Value, key: &str) -> Result<Option<usize>, String> {
+pub(crate) fn opt_usize(v: &Value, key: &str) -> Result<Option<usize>, String> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(x) => x

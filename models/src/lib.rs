@@ -1,6 +1,7 @@
 //! kiln models: weights (safetensors, GGUF), configs, tokenizers and chat templates, the
 //! architectures (one module each) and the catalog of Workers AI model names.
 
+pub mod bert;
 pub mod catalog;
 pub mod chat_template;
 pub mod config;
