@@ -21,30 +21,11 @@ pub struct OpenAiRequest {
     pub include_usage: bool,
 }
 
-const CHAT_FIELDS: &[&str] = &[
+/// Fields both endpoints accept (plus `messages` for chat, `prompt` for completions).
+const FIELDS: &[&str] = &[
     "model",
-    "messages",
     "max_tokens",
     "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "frequency_penalty",
-    "presence_penalty",
-    "repetition_penalty",
-    "response_format",
-    "stream",
-    "stream_options",
-    "stop",
-    "n",
-    "user",
-    "logprobs",
-];
-const COMPLETION_FIELDS: &[&str] = &[
-    "model",
-    "prompt",
-    "max_tokens",
     "temperature",
     "top_p",
     "top_k",
@@ -63,10 +44,12 @@ const COMPLETION_FIELDS: &[&str] = &[
 
 pub fn parse(body: &Value, endpoint: Endpoint) -> Result<OpenAiRequest, RunError> {
     let f = Fields::new(body)?;
-    f.only(match endpoint {
-        Endpoint::Chat => CHAT_FIELDS,
-        Endpoint::Completions => COMPLETION_FIELDS,
-    })?;
+    let own = match endpoint {
+        Endpoint::Chat => "messages",
+        Endpoint::Completions => "prompt",
+    };
+    let known: Vec<&str> = FIELDS.iter().copied().chain([own]).collect();
+    f.only(&known)?;
     if f.get("logprobs").is_some_and(|v| v != &Value::Bool(false)) {
         return Err(RunError::bad_input("logprobs: not supported"));
     }
