@@ -73,6 +73,36 @@ def to_json(obj, indent: int = 0) -> str:
     return json.dumps(obj, separators=(", ", ": "))
 
 
+def write_tokenizer(vocab_size: int) -> None:
+    """A BERT WordPiece tokenizer.json over a made-up vocabulary of exactly `vocab_size` pieces
+    (special tokens, letters, digits, punctuation, then '##' continuations), so the serving
+    tests run real WordPiece tokenisation against the tiny model."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    pieces = specials + letters + list("0123456789") + list(".,!?'-")
+    pieces += ["the", "of", "and", "is", "to", "in", "it", "cat", "dog", "paris", "france"]
+    pieces += ["##" + c for c in letters]
+    filler = 0
+    while len(pieces) < vocab_size:
+        pieces.append(f"##{filler}")
+        filler += 1
+    pieces = pieces[:vocab_size]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.save(str(OUT / "tokenizer.json"))
+
+
 @torch.no_grad()
 def main() -> None:
     check_versions()
@@ -121,6 +151,7 @@ def main() -> None:
     )
     reference = {"seed": SEED, "sequences": SEQUENCES, "dtype": "float32"}
     (OUT / "reference.json").write_text(to_json(reference) + "\n", encoding="utf-8")
+    write_tokenizer(config.vocab_size)
     print(f"gen_bert_fixtures: wrote {OUT.relative_to(REPO_ROOT)}", flush=True)
 
 

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 const DEFAULT: &str = "@hf/huggingfacetb/smollm2-135m-instruct";
 const LLAMA: &str = "@cf/meta/llama-3.1-8b-instruct";
+const EMBED: &str = "@hf/sentence-transformers/all-minilm-l6-v2";
+const BGE: &str = "@cf/baai/bge-base-en-v1.5";
 
 struct Harness {
     base: String,
@@ -34,11 +36,14 @@ impl Harness {
         let fixture =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama/tiny-llama3");
         let toml = dir.path().join("models.toml");
+        let bert =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bert/tiny-bert");
         std::fs::write(
             &toml,
             format!(
-                "[models.\"{DEFAULT}\"]\npath = {:?}\n",
-                fixture.display().to_string()
+                "[models.\"{DEFAULT}\"]\npath = {:?}\n[models.\"{EMBED}\"]\npath = {:?}\n",
+                fixture.display().to_string(),
+                bert.display().to_string()
             ),
         )
         .unwrap();
@@ -799,5 +804,78 @@ async fn random_bodies_never_get_a_5xx() {
                 .unwrap_or_else(|e| panic!("case {i}: {e}: {text}"));
         }
     }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_over_the_run_api_and_openai() {
+    let h = Harness::default().await;
+    let texts = json!(["the cat", "paris is in france", "a dog"]);
+    let (status, headers, v) = h
+        .post(&format!("/ai/run/{BGE}"), &json!({"text": texts}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(headers["x-kiln-served-by"], EMBED);
+    let r = &v["result"];
+    assert_eq!(r["shape"], json!([3, 32]));
+    assert_eq!(r["pooling"], json!("mean"));
+    for row in r["data"].as_array().unwrap() {
+        let norm: f64 = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap().powi(2))
+            .sum();
+        assert!((norm.sqrt() - 1.0).abs() < 1e-5, "{norm}");
+    }
+    // A text alone embeds as it does in the batch.
+    let (_, _, one) = h
+        .post(
+            &format!("/ai/run/{EMBED}"),
+            &json!({"text": "paris is in france"}),
+        )
+        .await;
+    let (a, b) = (&one["result"]["data"][0], &r["data"][1]);
+    for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+        assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5);
+    }
+    let (_, _, cls) = h
+        .post(
+            &format!("/ai/run/{EMBED}"),
+            &json!({"text": "a dog", "pooling": "cls"}),
+        )
+        .await;
+    assert_eq!(cls["result"]["pooling"], json!("cls"));
+    // Bad input names the problem.
+    let long = "the cat ".repeat(100);
+    for (body, needle) in [
+        (json!({"text": []}), "must not be empty"),
+        (json!({"text": ["a", ""]}), "text[1]"),
+        (json!({"text": ["a", 7]}), "text[1]"),
+        (json!({"text": ["a", long]}), "text[1]"),
+        (json!({"text": "a", "pooling": "max"}), "pooling"),
+        (
+            json!({"text": (0..101).map(|i| i.to_string()).collect::<Vec<_>>()}),
+            "at most 100",
+        ),
+    ] {
+        let (status, _, v) = h.post(&format!("/ai/run/{EMBED}"), &body).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(error_code(&v), 5006);
+        assert!(
+            v["errors"][0]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+    let (status, _, v) = h
+        .post(
+            "/v1/embeddings",
+            &json!({"model": EMBED, "input": ["the cat", "a dog"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][1]["index"], json!(1));
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 32);
     h.stop().await;
 }

@@ -2,6 +2,7 @@
 //! each task's JSON input, running it, building its JSON output and mapping errors to
 //! Workers AI codes.
 
+pub mod embeddings;
 pub mod error;
 mod fields;
 pub mod json_constraint;

@@ -6,14 +6,19 @@
 //! that off. `random_weights` serves each task's default model at its real shape with seeded
 //! random weights (contract tests with no downloads).
 
+use super::embeddings;
 use super::error::RunError;
 use super::json_constraint::{JsonConstraint, JsonGrammar, TokenTexts};
 use super::text_generation::{self, ConstraintFactory, ResponseFormat, TextJob, TextService};
-use crate::catalog::{self, CatalogEntry, Task};
+use crate::bert::{BertConfig, BertModel};
+use crate::catalog::{self, CatalogEntry, Pooling, Task};
 use crate::llama::LoadOptions;
+use crate::resolve::ModelSource;
 use crate::resolve::{self, ResolveOptions};
 use crate::serving::{start_engine, ServeOptions};
 use crate::text::TextModel;
+use crate::tokenizer::Tokenizer;
+use crate::weights::SafetensorsWeights;
 use kiln_engine::engine_thread::{EngineStats, LogitsProcessor};
 use kiln_engine::{DType, Device};
 use serde_json::{json, Value};
@@ -69,9 +74,16 @@ pub enum Prepared {
     Json(Value),
 }
 
+/// A loaded embeddings model and its tokenizer.
+pub struct EmbedService {
+    pub model: BertModel,
+    pub tokenizer: Tokenizer,
+}
+
 pub struct Service {
     opts: ServiceOptions,
     text: Mutex<HashMap<&'static str, Arc<TextService>>>,
+    embed: Mutex<HashMap<&'static str, Arc<EmbedService>>>,
     /// Serialises model loads (a second request for the same model waits for the first load).
     loading: Mutex<()>,
 }
@@ -81,6 +93,7 @@ impl Service {
         Self {
             opts,
             text: Mutex::new(HashMap::new()),
+            embed: Mutex::new(HashMap::new()),
             loading: Mutex::new(()),
         }
     }
@@ -95,7 +108,7 @@ impl Service {
 
     /// Whether a task has an engine in kiln yet.
     pub fn task_supported(task: Task) -> bool {
-        matches!(task, Task::TextGeneration)
+        matches!(task, Task::TextGeneration | Task::TextEmbeddings)
     }
 
     pub fn route(&self, model: &str) -> Result<Route, RunError> {
@@ -160,6 +173,21 @@ impl Service {
                 let svc = self.text_service(route)?;
                 Ok(Prepared::Text(text_generation::start(&svc, input)?))
             }
+            Task::TextEmbeddings => {
+                let input = embeddings::parse(input)?;
+                let svc = self.embed_service(route)?;
+                let pooling = route
+                    .requested
+                    .default_pooling
+                    .or(route.served_by.default_pooling)
+                    .unwrap_or(Pooling::Mean);
+                Ok(Prepared::Json(embeddings::run(
+                    &svc.model,
+                    &svc.tokenizer,
+                    &input,
+                    pooling,
+                )?))
+            }
             other => Err(RunError::no_such_model(format!(
                 "{}: kiln does not run {} models yet",
                 route.requested.name,
@@ -180,6 +208,42 @@ impl Service {
         }
         let svc = Arc::new(self.load_text(route)?);
         self.lock_text().insert(key, svc.clone());
+        Ok(svc)
+    }
+
+    /// The loaded embeddings model of a route (loading it on first use).
+    pub fn embed_service(&self, route: &Route) -> Result<Arc<EmbedService>, RunError> {
+        let key = route.served_by.name;
+        let lock = || self.embed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = lock().get(key) {
+            return Ok(s.clone());
+        }
+        let _guard = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = lock().get(key) {
+            return Ok(s.clone());
+        }
+        let resolved = resolve::resolve(key, &self.opts.resolve)?;
+        let dir = match &resolved.source {
+            ModelSource::HfDir(d) => d.clone(),
+            ModelSource::Gguf(p) => {
+                return Err(RunError::bad_input(format!(
+                    "{}: embeddings models load from HF directories, not GGUF",
+                    p.display()
+                )))
+            }
+        };
+        eprintln!("kiln: loading {} for {}", key, route.requested.name);
+        let config = BertConfig::from_hf_dir(&dir)?;
+        let weights = SafetensorsWeights::open_dir(&dir)?;
+        let opts = LoadOptions {
+            dtype: self.opts.dtype,
+            device: self.opts.device,
+            progress: None,
+        };
+        let model = BertModel::load(&weights, config, opts)?;
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
+        let svc = Arc::new(EmbedService { model, tokenizer });
+        lock().insert(key, svc.clone());
         Ok(svc)
     }
 
@@ -217,13 +281,14 @@ impl Service {
     /// Loads the default model of every task kiln runs (when installed, or random).
     pub fn preload(&self) -> Vec<(String, Result<(), RunError>)> {
         let mut out = Vec::new();
-        for task in [Task::TextGeneration] {
+        for task in [Task::TextGeneration, Task::TextEmbeddings] {
             let Some(d) = catalog::default_for(task) else {
                 continue;
             };
-            let r = self
-                .route(d.name)
-                .and_then(|r| self.text_service(&r).map(|_| ()));
+            let r = self.route(d.name).and_then(|r| match task {
+                Task::TextEmbeddings => self.embed_service(&r).map(|_| ()),
+                _ => self.text_service(&r).map(|_| ()),
+            });
             out.push((d.name.to_string(), r));
         }
         out
