@@ -1,6 +1,7 @@
 //! `kiln`: run, list and benchmark models from the command line.
 
 mod bench;
+mod bench_embed;
 mod bench_ops;
 mod embed;
 mod load;
@@ -35,6 +36,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Embed texts with an embeddings model: one vector per line, or --json.
     Embed(embed::EmbedArgs),
+    /// Embeddings per second for a generated batch of texts.
+    BenchEmbed(bench_embed::BenchEmbedArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::BenchOps(args) => bench_ops::bench_ops(args),
         Command::Serve(args) => serve::serve(args),
         Command::Embed(args) => embed::embed(args),
+        Command::BenchEmbed(args) => bench_embed::bench_embed(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
