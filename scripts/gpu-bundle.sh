@@ -5,6 +5,7 @@
 #   kiln               the CLI, release, --features cuda, stripped
 #   ops_equivalence    tests/ops_equivalence.rs (CPU vs CUDA), if that test exists
 #   cuda_llama         tests/cuda_llama.rs (tiny Llama models on CUDA vs transformers)
+#   cuda_bert          tests/cuda_bert.rs (BERT embeddings on CUDA vs the CPU)
 #   kiln_kernels-lib   kiln-kernels' unit tests (--features cuda)
 #   kiln_engine-lib    kiln-engine's unit tests (--features cuda)
 #   gpu-check.sh gpu_ceilings.py gpu_peers.py   the check itself
@@ -92,6 +93,11 @@ cargo test --release --features cuda --no-run --message-format=json -p kiln \
     --test cuda_llama >"${work}/cl.json" 2>"${work}/cl.log" \
     || build_failed "building tests/cuda_llama.rs" "${work}/cl.log" "${work}/cl.json"
 tests[cuda_llama]="$(executable_of cuda_llama test "${work}/cl.json")"
+echo "== cargo test --release --features cuda --no-run --test cuda_bert"
+cargo test --release --features cuda --no-run --message-format=json -p kiln \
+    --test cuda_bert >"${work}/cb.json" 2>"${work}/cb.log" \
+    || build_failed "building tests/cuda_bert.rs" "${work}/cb.log" "${work}/cb.json"
+tests[cuda_bert]="$(executable_of cuda_bert test "${work}/cb.json")"
 for crate in kiln-kernels kiln-engine; do
     lib="${crate//-/_}"
     echo "== cargo test --release --features cuda --no-run -p ${crate} --lib"
@@ -117,6 +123,7 @@ strip_into target/release/kiln kiln
     || { echo "error: cargo built no ops_equivalence executable" >&2; exit 1; }
 [[ -n "${tests[ops_equivalence]:-}" ]] && strip_into "${tests[ops_equivalence]}" ops_equivalence
 [[ -n "${tests[cuda_llama]:-}" ]] && strip_into "${tests[cuda_llama]}" cuda_llama
+[[ -n "${tests[cuda_bert]:-}" ]] && strip_into "${tests[cuda_bert]}" cuda_bert
 strip_into "${tests[kernels]}" kiln_kernels-lib
 strip_into "${tests[engine]}" kiln_engine-lib
 cp scripts/gpu-check.sh scripts/gpu_ceilings.py scripts/gpu_peers.py "${dest}/"

@@ -130,7 +130,7 @@ fi
 
 # ---- c. equivalence ------------------------------------------------------------------------
 : >"$OUT/equivalence.log"
-for t in ops_equivalence:90:320 cuda_llama:60:300 kiln_kernels-lib:30:280 kiln_engine-lib:30:260; do
+for t in ops_equivalence:90:320 cuda_llama:60:300 cuda_bert:20:260 kiln_kernels-lib:30:280 kiln_engine-lib:30:260; do
     IFS=: read -r name want keep <<<"$t"
     lim=$(limit "$want" "$keep")
     stage c "equivalence: $name" "$lim"

@@ -25,7 +25,7 @@ cargo test --workspace --quiet
 
 echo "== tests with the CUDA backend compiled in (no GPU here: device tests skip loudly)"
 KILN_ALLOW_NO_GPU=1 cargo test --quiet --features cuda -p kiln-kernels -p kiln-engine
-KILN_ALLOW_NO_GPU=1 cargo test --quiet --features cuda --test ops_equivalence --test cuda_llama
+KILN_ALLOW_NO_GPU=1 cargo test --quiet --features cuda --test ops_equivalence --test cuda_llama --test cuda_bert
 
 echo "== the official cloudflare and openai SDKs against kiln serve (scripts/test-sdks.sh)"
 scripts/test-sdks.sh
