@@ -762,6 +762,24 @@ fn describe(c: &Case) -> String {
     format!("{}{params}{}", ins.join(", "), c.note)
 }
 
+/// `Ok` when cuda:0 exists; otherwise the reason, after failing the test unless
+/// KILN_ALLOW_NO_GPU=1 (then every case reports SKIP).
+fn gpu_or_allowed_skip() -> Result<(), String> {
+    let gpu = match cuda::device_count() {
+        Ok(0) => Err("no CUDA device: the driver reports 0 devices".to_string()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let allow_no_gpu = std::env::var("KILN_ALLOW_NO_GPU").is_ok_and(|v| v == "1");
+    if let Err(why) = &gpu {
+        assert!(
+            allow_no_gpu,
+            "ops_equivalence needs a CUDA GPU: {why}\n(set KILN_ALLOW_NO_GPU=1 to report SKIP instead)"
+        );
+    }
+    gpu
+}
+
 #[test]
 fn cuda_matches_cpu() {
     let reps = representatives();
@@ -793,18 +811,8 @@ fn cuda_matches_cpu() {
         })
         .collect();
 
-    let gpu = match cuda::device_count() {
-        Ok(0) => Err("no CUDA device: the driver reports 0 devices".to_string()),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    };
-    let allow_no_gpu = std::env::var("KILN_ALLOW_NO_GPU").is_ok_and(|v| v == "1");
-    if let Err(why) = &gpu {
-        assert!(
-            allow_no_gpu,
-            "ops_equivalence needs a CUDA GPU: {why}\n(set KILN_ALLOW_NO_GPU=1 to report SKIP instead)"
-        );
-    } else {
+    let gpu = gpu_or_allowed_skip();
+    if gpu.is_ok() {
         let name = cuda::device_name(0).unwrap_or_else(|e| e.to_string());
         println!("device: cuda:0 {name}");
         cuda::set_guard_bytes(4096);
@@ -927,18 +935,8 @@ fn cuda_contiguous_matches_cpu() {
         ("large T01", vec![4096, 4096], |t| t.transpose(0, 1)),
         ("large narrow", vec![2048, 4097], |t| t.narrow(1, 1, 4093)),
     ];
-    let gpu = match cuda::device_count() {
-        Ok(0) => Err("no CUDA device: the driver reports 0 devices".to_string()),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    };
-    let allow_no_gpu = std::env::var("KILN_ALLOW_NO_GPU").is_ok_and(|v| v == "1");
-    if let Err(why) = &gpu {
-        assert!(
-            allow_no_gpu,
-            "ops_equivalence needs a CUDA GPU: {why}\n(set KILN_ALLOW_NO_GPU=1 to report SKIP instead)"
-        );
-    } else {
+    let gpu = gpu_or_allowed_skip();
+    if gpu.is_ok() {
         cuda::set_guard_bytes(4096);
         cuda::set_sync_launches(true);
     }

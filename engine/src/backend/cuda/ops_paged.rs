@@ -107,31 +107,11 @@ pub(super) fn reshape_and_cache(cache: &mut Tensor, new: &Tensor, slots: &Tensor
     )
 }
 
-/// Kernel symbol `kiln_paged_<kind>_<cache>_d<tile>`, as the .cu file declares them.
+/// Kernel symbol `kiln_paged_<kind>_<cache>_d<tile>`, looked up in the build's module table.
 fn paged_kernel(kind: &str, cache: &str, tile: usize) -> Result<&'static str> {
-    const NAMES: [&str; 16] = [
-        "kiln_paged_decode_f32_d64",
-        "kiln_paged_decode_f32_d80",
-        "kiln_paged_decode_f32_d96",
-        "kiln_paged_decode_f32_d128",
-        "kiln_paged_decode_bf16_d64",
-        "kiln_paged_decode_bf16_d80",
-        "kiln_paged_decode_bf16_d96",
-        "kiln_paged_decode_bf16_d128",
-        "kiln_paged_prefill_f32_d64",
-        "kiln_paged_prefill_f32_d80",
-        "kiln_paged_prefill_f32_d96",
-        "kiln_paged_prefill_f32_d128",
-        "kiln_paged_prefill_bf16_d64",
-        "kiln_paged_prefill_bf16_d80",
-        "kiln_paged_prefill_bf16_d96",
-        "kiln_paged_prefill_bf16_d128",
-    ];
     let want = format!("kiln_paged_{kind}_{cache}_d{tile}");
-    NAMES
-        .iter()
-        .copied()
-        .find(|n| *n == want)
+    kiln_kernels::cuda::module("paged_attention")
+        .and_then(|m| m.kernels.iter().copied().find(|n| *n == want))
         .ok_or_else(|| EngineError::Device(format!("no kernel {want}")))
 }
 
