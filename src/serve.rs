@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Turn prefix caching off.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Run decode steps without CUDA graphs (same as KILN_CUDA_GRAPHS=0).
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
     /// Per-request time limit in seconds (408, code 3007).
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
@@ -89,6 +92,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             max_seqs: args.max_seqs,
             max_queue: args.max_queue,
             prefix_caching: !args.no_prefix_caching,
+            cuda_graphs: args.no_cuda_graphs.then_some(false),
         },
     }));
     for (name, r) in service.preload() {

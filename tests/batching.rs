@@ -69,6 +69,30 @@ fn alone(model: &LlamaModel, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
+/// Decode steps padded to graph shapes (1 sequence in a graph of 1, block tables widened to
+/// 8 pages, scratch page) give the same logits, bit for bit, as the plain path.
+#[test]
+fn fixed_shape_decode_equals_the_plain_path() {
+    let m = model();
+    let llama = &m.model;
+    let mut rng = Rng(SEED ^ 2);
+    for p in prompts(4, &mut rng) {
+        let n = 40;
+        let mut plain = llama.new_cache(p.len() + n).unwrap();
+        let mut fixed = llama.new_cache(p.len() + n).unwrap();
+        fixed.set_fixed_shape_decode(true);
+        let mut a = llama.forward(&p, &mut plain, Logits::Last).unwrap();
+        let mut b = llama.forward(&p, &mut fixed, Logits::Last).unwrap();
+        for step in 0..n {
+            let (va, vb) = (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+            assert_eq!(va, vb, "seed {:#x}: step {step}", SEED ^ 2);
+            let next = a.argmax().unwrap().to_vec::<u32>().unwrap()[0];
+            a = llama.forward(&[next], &mut plain, Logits::Last).unwrap();
+            b = llama.forward(&[next], &mut fixed, Logits::Last).unwrap();
+        }
+    }
+}
+
 fn greedy_request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
         prompt,
@@ -176,11 +200,13 @@ fn sixty_four_concurrent_requests_match_each_alone() {
     let ps = prompts(64, &mut rng);
     let n = 10;
     let want: Vec<Vec<u32>> = ps.iter().map(|p| alone(&m.model, p, n)).collect();
-    for prefix_caching in [true, false] {
+    // The third run pads decode steps to CUDA-graph shapes (eagerly, on the CPU).
+    for (prefix_caching, graphs) in [(true, false), (false, false), (true, true)] {
         let opts = ServeOptions {
             max_batched_tokens: 256,
             max_seqs: 64,
             prefix_caching,
+            cuda_graphs: Some(graphs),
             ..Default::default()
         };
         let got = run_concurrently(&m, &opts, &ps, n);
@@ -188,7 +214,7 @@ fn sixty_four_concurrent_requests_match_each_alone() {
             assert_eq!(
                 g,
                 w,
-                "seed {:#x}: request {i} (prefix caching {prefix_caching})",
+                "seed {:#x}: request {i} (prefix caching {prefix_caching}, graph shapes {graphs})",
                 SEED ^ 1
             );
         }
@@ -201,10 +227,10 @@ fn two_hundred_requests_under_preemption_all_finish() {
     let mut rng = Rng(SEED ^ 2);
     let ps = prompts(200, &mut rng);
     let n = 8;
-    // 48 pages of 16 tokens: far fewer than 200 requests need at once.
+    // 48 pages of 16 tokens (and the scratch page): far fewer than 200 requests need at once.
     let layout = m.model.kv_layout(16, kiln_engine::DType::F32);
     let opts = ServeOptions {
-        kv_cache_memory: Some(48 * layout.bytes_per_block()),
+        kv_cache_memory: Some(49 * layout.bytes_per_block()),
         max_batched_tokens: 192,
         max_seqs: 32,
         max_queue: 256,

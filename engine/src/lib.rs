@@ -8,6 +8,7 @@ pub mod batch;
 pub mod dtype;
 pub mod engine_thread;
 pub mod error;
+pub mod graph;
 pub mod kv_cache;
 pub mod layout;
 pub mod memory;

@@ -6,6 +6,7 @@ use crate::error::{ModelError, Result};
 use kiln_engine::batch::ForwardBatch;
 use kiln_engine::kv_cache::{KvLayout, PagedKvStore};
 use kiln_engine::op::RopeStyle;
+use kiln_engine::tensor::PagedBatchTensors;
 use kiln_engine::{DType, Device, Op, Tensor};
 
 /// Where a model's tensors come from (safetensors, GGUF, random); names are HF names.
@@ -94,6 +95,18 @@ impl KvCache {
     /// Forgets everything (keeps the memory).
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+
+    /// Decode steps through the fixed-shape path (CUDA graphs; on by default on CUDA, and on
+    /// the CPU it runs eagerly, for tests).
+    pub fn set_fixed_shape_decode(&mut self, on: bool) {
+        self.store.graphs_mut().set_enabled(on);
+    }
+
+    /// CUDA graphs captured for this cache's decode steps, and replays of them.
+    pub fn graph_stats(&mut self) -> (usize, u64) {
+        let g = self.store.graphs_mut();
+        (g.captured(), g.replays())
     }
 
     /// The one-sequence batch that appends `tokens` after what the cache holds.
@@ -360,19 +373,77 @@ impl LlamaModel {
             }
         }
         kv.copy_blocks(&batch.copies)?;
-        let meta = batch.paged_tensors(self.device)?;
-        let slots = Tensor::from_slice(&batch.slot_mapping, &[batch.num_tokens()])?
-            .to_device(self.device)?;
+        if batch.is_decode_only() && kv.graphs_mut().enabled() {
+            if let Some(padded) = GraphBatch::pad(batch, kv.scratch_block(), kv.layout()) {
+                return self.forward_fixed_shape(&padded, batch.logits_rows.len(), kv);
+            }
+        }
+        let d = self.device;
+        let upload = |v: &[u32]| -> Result<Tensor> {
+            Ok(Tensor::from_slice(v, &[v.len()])?.to_device(d)?)
+        };
+        let x = StepInputs {
+            tokens: upload(&batch.tokens)?,
+            positions: upload(&batch.positions)?,
+            slots: upload(&batch.slot_mapping)?,
+            paged: batch.paged_tensors(d)?,
+            rows: upload(&batch.logits_rows)?,
+        };
+        self.step(&x, kv)
+    }
+
+    /// A decode step padded to a graph shape: replayed as a CUDA graph on CUDA (captured on
+    /// first use of the shape), run eagerly on the CPU. Returns the first `rows` logits rows.
+    fn forward_fixed_shape(
+        &self,
+        g: &GraphBatch,
+        rows: usize,
+        kv: &mut PagedKvStore,
+    ) -> Result<Tensor> {
+        let (seqs, blocks) = (g.tokens.len(), g.max_blocks);
+        let inputs: [(&[u32], &[usize]); 7] = [
+            (&g.tokens, &[seqs]),
+            (&g.positions, &[seqs]),
+            (&g.slots, &[seqs]),
+            (&g.block_tables, &[seqs, blocks]),
+            (&g.context_lens, &[seqs]),
+            (&g.cu_seqlens, &[seqs + 1]),
+            (&g.rows, &[seqs]),
+        ];
+        let mut graphs = std::mem::take(kv.graphs_mut());
+        let out = graphs.run(&[seqs, blocks], &inputs, &mut |x| {
+            let x = StepInputs {
+                tokens: x[0].clone(),
+                positions: x[1].clone(),
+                slots: x[2].clone(),
+                paged: PagedBatchTensors {
+                    block_tables: x[3].clone(),
+                    context_lens: x[4].clone(),
+                    cu_seqlens: x[5].clone(),
+                    decode_only: true,
+                },
+                rows: x[6].clone(),
+            };
+            self.step(&x, kv)
+                .map(|logits| vec![logits])
+                .map_err(|e| kiln_engine::EngineError::Data(e.to_string()))
+        });
+        *kv.graphs_mut() = graphs;
+        let logits = out?.pop().expect("the step returns the logits");
+        Ok(logits.narrow(0, 0, rows)?)
+    }
+
+    /// The forward pass over device inputs: every token's keys and values stored in its slot,
+    /// attention over each sequence's pages, logits [rows, vocab] of `x.rows`.
+    fn step(&self, x: &StepInputs, kv: &mut PagedKvStore) -> Result<Tensor> {
         let scale = self.attention_scale();
-        let x = self.hidden_states(&batch.tokens, &batch.positions, &mut |i, q, k, v| {
+        let h = self.hidden_states(&x.tokens, &x.positions, &mut |i, q, k, v| {
             let (kc, vc) = kv.layer_mut(i);
-            kc.reshape_and_cache(&k, &slots)?;
-            vc.reshape_and_cache(&v, &slots)?;
-            Ok(q.paged_attention(kc, vc, &meta, scale, true)?)
+            kc.reshape_and_cache(&k, &x.slots)?;
+            vc.reshape_and_cache(&v, &x.slots)?;
+            Ok(q.paged_attention(kc, vc, &x.paged, scale, true)?)
         })?;
-        let rows = Tensor::from_slice(&batch.logits_rows, &[batch.logits_rows.len()])?
-            .to_device(self.device)?;
-        self.logits(&x.embedding(&rows)?)
+        self.logits(&h.embedding(&x.rows)?)
     }
 
     fn attention_scale(&self) -> f32 {
@@ -389,16 +460,13 @@ impl LlamaModel {
     /// keys and values wherever this forward keeps them and returns attention [t, heads, d].
     fn hidden_states(
         &self,
-        tokens: &[u32],
-        positions: &[u32],
+        tokens: &Tensor,
+        positions: &Tensor,
         attend: &mut Attend<'_>,
     ) -> Result<Tensor> {
-        let t = tokens.len();
-        let ids = Tensor::from_slice(tokens, &[t])?.to_device(self.device)?;
-        let positions = Tensor::from_slice(positions, &[t])?.to_device(self.device)?;
-        let mut x = self.embed_tokens.embedding(&ids)?;
+        let mut x = self.embed_tokens.embedding(tokens)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self.decoder_layer(layer, &x, &positions, &mut |q, k, v| attend(i, q, k, v))?;
+            x = self.decoder_layer(layer, &x, positions, &mut |q, k, v| attend(i, q, k, v))?;
         }
         Ok(x)
     }
@@ -444,6 +512,83 @@ impl LlamaModel {
 
 /// Stores layer `i`'s new keys and values and attends: (i, q, k, v) -> [t, heads, d].
 type Attend<'a> = dyn FnMut(usize, Tensor, Tensor, Tensor) -> Result<Tensor> + 'a;
+
+/// One step's inputs on the model's device.
+struct StepInputs {
+    tokens: Tensor,
+    positions: Tensor,
+    /// KV slot of each token.
+    slots: Tensor,
+    paged: PagedBatchTensors,
+    /// Rows whose logits are wanted.
+    rows: Tensor,
+}
+
+/// Sequences per decode graph: exact up to 8 (powers of two), then multiples of 8; above
+/// this, decode steps run without a graph.
+const MAX_GRAPH_SEQS: usize = 256;
+/// The narrowest block table of a decode graph (wider ones are powers of two).
+const MIN_GRAPH_BLOCKS: usize = 8;
+
+/// The graph shape a decode batch of `seqs` sequences is padded to.
+fn graph_seqs(seqs: usize) -> Option<usize> {
+    match seqs {
+        0 => None,
+        1..=8 => Some(seqs.next_power_of_two()),
+        n if n <= MAX_GRAPH_SEQS => Some(n.div_ceil(8) * 8),
+        _ => None,
+    }
+}
+
+/// A decode batch padded to a graph shape. Padding rows decode token 0 at position 0 with a
+/// one-token context in the store's scratch page (their keys and values go there and their
+/// logits are dropped), so they never touch a real sequence's pages; block tables are
+/// widened with page 0, which no context length reaches.
+#[derive(Debug, PartialEq)]
+struct GraphBatch {
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    slots: Vec<u32>,
+    block_tables: Vec<u32>,
+    max_blocks: usize,
+    context_lens: Vec<u32>,
+    cu_seqlens: Vec<u32>,
+    rows: Vec<u32>,
+}
+
+impl GraphBatch {
+    /// `batch` (decode only) padded; `None` when it is too large for a graph.
+    fn pad(batch: &ForwardBatch, scratch: usize, layout: KvLayout) -> Option<GraphBatch> {
+        let real = batch.num_seqs();
+        let seqs = graph_seqs(real)?;
+        let blocks = batch.max_blocks.max(1).next_power_of_two().max(MIN_GRAPH_BLOCKS);
+        let (scratch, pad) = (scratch as u32, seqs - real);
+        let mut block_tables = Vec::with_capacity(seqs * blocks);
+        for row in batch.block_tables.chunks(batch.max_blocks.max(1)).take(real) {
+            block_tables.extend_from_slice(row);
+            block_tables.extend(std::iter::repeat_n(0, blocks - row.len()));
+        }
+        for _ in 0..pad {
+            block_tables.push(scratch);
+            block_tables.extend(std::iter::repeat_n(0, blocks - 1));
+        }
+        let with = |v: &[u32], fill: u32| -> Vec<u32> {
+            v.iter().copied().chain(std::iter::repeat_n(fill, pad)).collect()
+        };
+        let mut rows = batch.logits_rows.clone();
+        rows.resize(seqs, 0);
+        Some(GraphBatch {
+            tokens: with(&batch.tokens, 0),
+            positions: with(&batch.positions, 0),
+            slots: with(&batch.slot_mapping, scratch * layout.block_size as u32),
+            block_tables,
+            max_blocks: blocks,
+            context_lens: with(&batch.context_lens, 1),
+            cu_seqlens: (0..=seqs as u32).collect(),
+            rows,
+        })
+    }
+}
 #[cfg(test)]
 mod load_tests {
     use super::*;
@@ -492,5 +637,79 @@ mod load_tests {
             weight_bytes_estimate(&untied, DType::BF16, true),
             weight_bytes_estimate(&tied, DType::BF16, false) + table
         );
+    }
+}
+
+#[cfg(test)]
+mod graph_batch_tests {
+    use super::*;
+
+    #[test]
+    fn graph_shapes() {
+        let got: Vec<Option<usize>> = [0, 1, 2, 3, 5, 8, 9, 16, 17, 256, 257]
+            .into_iter()
+            .map(graph_seqs)
+            .collect();
+        let want = [
+            None,
+            Some(1),
+            Some(2),
+            Some(4),
+            Some(8),
+            Some(8),
+            Some(16),
+            Some(16),
+            Some(24),
+            Some(256),
+            None,
+        ];
+        assert_eq!(got, want);
+    }
+
+    /// Three decode rows padded to four: the real rows keep their data (tables widened with
+    /// page 0), the padding row reads and writes only the scratch page.
+    #[test]
+    fn padding_rows_use_the_scratch_page() {
+        let batch = ForwardBatch {
+            tokens: vec![11, 12, 13],
+            positions: vec![20, 3, 40],
+            slot_mapping: vec![36, 51, 88],
+            cu_seqlens: vec![0, 1, 2, 3],
+            context_lens: vec![21, 4, 41],
+            block_tables: vec![0, 2, 0, 3, 0, 0, 4, 1, 5],
+            max_blocks: 3,
+            logits_rows: vec![0, 1, 2],
+            copies: vec![],
+        };
+        let layout = KvLayout {
+            num_layers: 1,
+            num_kv_heads: 1,
+            head_dim: 4,
+            block_size: 16,
+            dtype: DType::F32,
+        };
+        let g = GraphBatch::pad(&batch, 9, layout).unwrap();
+        let mut tables = vec![0u32; 4 * 8];
+        tables[..3].copy_from_slice(&[0, 2, 0]);
+        tables[8..11].copy_from_slice(&[3, 0, 0]);
+        tables[16..19].copy_from_slice(&[4, 1, 5]);
+        tables[24] = 9;
+        assert_eq!(
+            g,
+            GraphBatch {
+                tokens: vec![11, 12, 13, 0],
+                positions: vec![20, 3, 40, 0],
+                slots: vec![36, 51, 88, 9 * 16],
+                block_tables: tables,
+                max_blocks: 8,
+                context_lens: vec![21, 4, 41, 1],
+                cu_seqlens: vec![0, 1, 2, 3, 4],
+                rows: vec![0, 1, 2, 0],
+            }
+        );
+        let mut big = batch.clone();
+        big.max_blocks = 9;
+        big.block_tables = vec![1; 27];
+        assert_eq!(GraphBatch::pad(&big, 9, layout).unwrap().max_blocks, 16);
     }
 }

@@ -26,6 +26,10 @@ pub struct ServeOptions {
     pub max_seqs: usize,
     pub max_queue: usize,
     pub prefix_caching: bool,
+    /// Decode steps padded to fixed shapes and replayed as CUDA graphs. `None`: on for CUDA
+    /// devices unless `KILN_CUDA_GRAPHS=0`; `Some(true)` on the CPU runs the padded steps
+    /// eagerly (tests); `Some(false)`: off.
+    pub cuda_graphs: Option<bool>,
 }
 
 impl Default for ServeOptions {
@@ -37,6 +41,7 @@ impl Default for ServeOptions {
             max_seqs: 64,
             max_queue: 256,
             prefix_caching: true,
+            cuda_graphs: None,
         }
     }
 }
@@ -83,16 +88,18 @@ pub fn plan_kv_blocks(model: &LlamaModel, opts: &ServeOptions) -> Result<(usize,
         (None, None) => DEFAULT_CPU_KV_BYTES,
         (None, Some((free, _))) => (free as f64 * DEFAULT_DEVICE_KV_FRACTION) as u64,
     };
-    let blocks = blocks_for_budget(budget, layout.bytes_per_block());
+    // One page of the budget is the store's scratch page (padding rows of graph steps).
+    let blocks = blocks_for_budget(budget, layout.bytes_per_block()).saturating_sub(1);
     if blocks == 0 {
         return Err(ModelError::InvalidInput(format!(
-            "a KV cache of {budget} bytes holds no page (one page of {} tokens takes {} bytes)",
+            "a KV cache of {budget} bytes holds no page (one page of {} tokens takes {} bytes, \
+             and one more is scratch)",
             opts.block_size,
             layout.bytes_per_block()
         )));
     }
     if let Some((free, _)) = device.memory_info()? {
-        let need = blocks as u64 * layout.bytes_per_block();
+        let need = (blocks as u64 + 1) * layout.bytes_per_block();
         if need > free as u64 {
             return Err(ModelError::InvalidInput(format!(
                 "a KV cache of {:.2} GiB does not fit: {device} has {:.2} GiB free",
@@ -109,7 +116,10 @@ pub fn plan_kv_blocks(model: &LlamaModel, opts: &ServeOptions) -> Result<(usize,
 pub fn start_engine(model: Arc<TextModel>, opts: &ServeOptions) -> Result<Engine> {
     let (num_blocks, layout) = plan_kv_blocks(&model.model, opts)?;
     let device = model.model.device();
-    let kv = PagedKvStore::new(layout, num_blocks, device)?;
+    let mut kv = PagedKvStore::new(layout, num_blocks, device)?;
+    if let Some(on) = opts.cuda_graphs {
+        kv.graphs_mut().set_enabled(on);
+    }
     eprintln!(
         "kiln: KV cache {num_blocks} pages of {} tokens ({} tokens, {:.1} MiB, {} on {device})",
         opts.block_size,

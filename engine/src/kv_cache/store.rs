@@ -1,6 +1,11 @@
 //! The K/V pages themselves: one K and one V tensor per layer, each
-//! [num_blocks, kv_heads, block_size, head_dim], on the model's device.
+//! [num_blocks + 1, kv_heads, block_size, head_dim], on the model's device. The page past
+//! the managed ones is scratch: the padding rows of a fixed-shape (CUDA graph) step write
+//! their keys there and attend to it, so padding never touches a sequence's pages.
+//! The store also keeps the step graphs captured over its pages (their kernels hold its
+//! addresses).
 
+use crate::graph::StepGraphs;
 use crate::{DType, Device, Result, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,12 +30,13 @@ pub struct PagedKvStore {
     num_blocks: usize,
     k: Vec<Tensor>,
     v: Vec<Tensor>,
+    graphs: StepGraphs,
 }
 
 impl PagedKvStore {
     pub fn new(layout: KvLayout, num_blocks: usize, device: Device) -> Result<Self> {
         let shape = [
-            num_blocks,
+            num_blocks + 1,
             layout.num_kv_heads,
             layout.block_size,
             layout.head_dim,
@@ -45,6 +51,7 @@ impl PagedKvStore {
             v: (0..layout.num_layers)
                 .map(|_| make())
                 .collect::<Result<_>>()?,
+            graphs: StepGraphs::new(device),
         })
     }
 
@@ -52,8 +59,19 @@ impl PagedKvStore {
         self.layout
     }
 
+    /// Pages the block manager hands out (the scratch page is not one of them).
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
+    }
+
+    /// The scratch page (index `num_blocks`).
+    pub fn scratch_block(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// The step graphs captured over these pages.
+    pub fn graphs_mut(&mut self) -> &mut StepGraphs {
+        &mut self.graphs
     }
 
     /// Layer `i`'s K and V pages.

@@ -9,6 +9,7 @@
 //! them back, so a kernel writing outside its output is caught.
 
 use super::device::{describe, lock, DeviceCtx};
+use super::graph::GraphPoolInner;
 use crate::error::{EngineError, Result};
 use crate::memory::{self, format_bytes};
 use cudarc::driver::result as cu;
@@ -69,7 +70,7 @@ impl Allocator {
     }
 
     /// Returns every cached block to the driver (the stream must be idle).
-    fn release_cached(&mut self) {
+    pub(super) fn release_cached(&mut self) {
         for (class, ptrs) in self.free.drain() {
             for p in ptrs {
                 // A failed free leaks the block; nothing better to do with it here.
@@ -87,6 +88,8 @@ pub struct CudaBuffer {
     class: usize,
     guard: usize,
     bytes: usize,
+    /// The CUDA-graph pool the block belongs to (it goes back there, not to the cache).
+    pool: Option<Arc<GraphPoolInner>>,
 }
 
 impl std::fmt::Debug for CudaBuffer {
@@ -105,27 +108,40 @@ impl CudaBuffer {
         dev.bind()?;
         let guard = GUARD_BYTES.load(Ordering::SeqCst);
         let class = size_class(bytes + 2 * guard);
-        let base = {
-            let mut a = lock(&dev.alloc);
-            match a.take(class) {
+        let pool = super::graph::active_pool(dev.ordinal);
+        let base = match &pool {
+            Some(pool) => match pool.take(class) {
                 Some(p) => p,
                 None => {
-                    let p = driver_alloc(dev, &mut a, class, bytes)?;
-                    a.stats.driver_allocs += 1;
+                    let p = driver_alloc(dev, &mut lock(&dev.alloc), class, bytes)?;
+                    pool.adopt(class, p);
                     p
                 }
+            },
+            None => {
+                let mut a = lock(&dev.alloc);
+                let p = match a.take(class) {
+                    Some(p) => p,
+                    None => {
+                        let p = driver_alloc(dev, &mut a, class, bytes)?;
+                        a.stats.driver_allocs += 1;
+                        p
+                    }
+                };
+                a.stats.live_bytes += class;
+                p
             }
         };
-        lock(&dev.alloc).stats.live_bytes += class;
         let buf = CudaBuffer {
             dev: dev.clone(),
             base,
             class,
             guard,
             bytes,
+            pool,
         };
         if guard > 0 {
-            unsafe { cu::memset_d8_async(base, GUARD_SENTINEL, class, dev.stream) }
+            unsafe { cu::memset_d8_async(base, GUARD_SENTINEL, class, dev.stream()) }
                 .map_err(|e| dev.async_err("cuMemsetD8Async (guard)", e))?;
         }
         Ok(buf)
@@ -173,6 +189,10 @@ impl CudaBuffer {
 
 impl Drop for CudaBuffer {
     fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give_back(self.class, self.base);
+            return;
+        }
         let mut a = lock(&self.dev.alloc);
         a.stats.live_bytes -= self.class;
         a.stats.cached_bytes += self.class;
@@ -186,7 +206,7 @@ fn driver_alloc(dev: &DeviceCtx, a: &mut Allocator, class: usize, asked: usize) 
     }
     // Out of memory (or another failure): give the cache back to the driver and retry once.
     let cached = a.stats.cached_bytes;
-    unsafe { cu::stream::synchronize(dev.stream) }
+    unsafe { cu::stream::synchronize(dev.default_stream()) }
         .map_err(|e| dev.async_err("cuStreamSynchronize", e))?;
     a.release_cached();
     match unsafe { cu::malloc_sync(class) } {

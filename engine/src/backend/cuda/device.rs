@@ -18,7 +18,8 @@ pub(crate) struct DeviceCtx {
     pub arch: u32,
     pub sm_count: u32,
     ctx: sys::CUcontext,
-    pub stream: sys::CUstream,
+    /// The device's stream; [`DeviceCtx::stream`] is what work is queued on.
+    default_stream: sys::CUstream,
     pub alloc: Mutex<Allocator>,
     pub staging: Mutex<Staging>,
     /// Loaded modules and resolved kernels, by name.
@@ -67,8 +68,25 @@ impl DeviceCtx {
     /// Waits for all work queued on this device's stream.
     pub fn synchronize(&self) -> Result<()> {
         self.bind()?;
-        unsafe { cu::stream::synchronize(self.stream) }
+        if super::graph::capturing_on(self.ordinal) {
+            return Err(EngineError::Device(format!(
+                "cuda:{}: a stream synchronize inside a CUDA graph capture",
+                self.ordinal
+            )));
+        }
+        unsafe { cu::stream::synchronize(self.stream()) }
             .map_err(|e| self.async_err("cuStreamSynchronize", e))
+    }
+
+    /// The stream work is queued on: the device's stream, or the capture stream while the
+    /// calling thread captures a CUDA graph on this device.
+    pub fn stream(&self) -> sys::CUstream {
+        super::graph::capture_stream(self.ordinal).unwrap_or(self.default_stream)
+    }
+
+    /// The device's own stream (graph replays and anything not being captured).
+    pub fn default_stream(&self) -> sys::CUstream {
+        self.default_stream
     }
 
     /// (free, total) device memory in bytes.
@@ -161,7 +179,7 @@ fn open(ordinal: usize) -> Result<DeviceCtx> {
         arch,
         sm_count,
         ctx,
-        stream,
+        default_stream: stream,
         alloc: Mutex::new(Allocator::default()),
         staging: Mutex::new(Staging::default()),
         modules: Mutex::new(HashMap::new()),

@@ -133,7 +133,7 @@ pub(crate) fn launch<P: Copy>(
             shape.grid,
             (shape.block, 1, 1),
             shape.shared_bytes,
-            dev.stream,
+            dev.stream(),
             &mut args,
         )
     }
@@ -147,8 +147,8 @@ pub(crate) fn launch<P: Copy>(
             super::device::describe(e)
         ))
     })?;
-    if sync_launches() {
-        unsafe { cu::stream::synchronize(dev.stream) }.map_err(|e| {
+    if sync_launches() && !super::graph::capturing_on(dev.ordinal) {
+        unsafe { cu::stream::synchronize(dev.stream()) }.map_err(|e| {
             EngineError::Device(format!(
                 "cuda:{}: kernel {kernel} failed: {}",
                 dev.ordinal,

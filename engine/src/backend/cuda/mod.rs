@@ -13,6 +13,7 @@
 
 mod alloc;
 mod device;
+mod graph;
 mod launch;
 mod ops;
 mod ops_attention;
@@ -22,6 +23,7 @@ mod ops_paged;
 mod ops_sample;
 mod transfer;
 
+pub use graph::{capture, with_pool, CudaGraph, GraphPool};
 pub use alloc::{set_guard_bytes, AllocStats, CudaBuffer, GUARD_SENTINEL};
 pub use launch::set_sync_launches;
 pub use ops_matmul::{gemm_variant, gemm_variants, set_gemm_variant, GemmVariant};
@@ -141,10 +143,10 @@ pub fn time_ms<F: FnMut() -> Result<()>>(ordinal: usize, mut f: F) -> Result<f32
         }
     };
     let timed = (|| {
-        unsafe { cu::event::record(start, dev.stream) }.map_err(|e| dev.err("cuEventRecord", e))?;
+        unsafe { cu::event::record(start, dev.stream()) }.map_err(|e| dev.err("cuEventRecord", e))?;
         f()?;
         dev.bind()?;
-        unsafe { cu::event::record(end, dev.stream) }.map_err(|e| dev.err("cuEventRecord", e))?;
+        unsafe { cu::event::record(end, dev.stream()) }.map_err(|e| dev.err("cuEventRecord", e))?;
         unsafe { cu::event::synchronize(end) }
             .map_err(|e| dev.async_err("cuEventSynchronize", e))?;
         unsafe { cu::event::elapsed(start, end) }.map_err(|e| dev.err("cuEventElapsedTime", e))
@@ -191,7 +193,7 @@ pub(crate) fn zeros(shape: &[usize], dtype: DType, ordinal: usize) -> Result<Ten
     let s = CudaStorage::alloc(&dev, dtype, n)?;
     let bytes = s.buf.bytes();
     if bytes > 0 {
-        unsafe { cu::memset_d8_async(s.device_ptr(), 0, bytes, dev.stream) }
+        unsafe { cu::memset_d8_async(s.device_ptr(), 0, bytes, dev.stream()) }
             .map_err(|e| dev.async_err("cuMemsetD8Async", e))?;
     }
     Ok(Tensor::from_storage(Storage::Cuda(s), shape))
@@ -252,4 +254,24 @@ pub(crate) fn to_device(t: &Tensor, device: Device) -> Result<Tensor> {
 /// In-place copy-on-write support: the device of a CUDA tensor's storage.
 pub(crate) fn storage_device(s: &CudaStorage) -> Device {
     Device::Cuda(s.ordinal())
+}
+
+/// Overwrites the contiguous CUDA tensor `t` with host `bytes` (enqueued on the device's
+/// stream; `bytes` may be dropped on return): how a graph's fixed inputs get each step's data.
+pub fn write_host_bytes(t: &Tensor, bytes: &[u8]) -> Result<()> {
+    let s = cuda_storage(t, "write_host_bytes")?;
+    let want = t.dtype().storage_bytes(t.elem_count());
+    if !t.is_contiguous() || bytes.len() != want {
+        return Err(EngineError::Data(format!(
+            "write_host_bytes: {} bytes into a {}tensor of {want} bytes",
+            bytes.len(),
+            if t.is_contiguous() { "" } else { "strided " }
+        )));
+    }
+    transfer::write_bytes(s.device_ctx(), view_ptr(t, s), bytes)
+}
+
+/// A dense copy of the CUDA tensor `t` in fresh memory of the device cache.
+pub fn fresh_copy(t: &Tensor) -> Result<Tensor> {
+    copy_contiguous(t)
 }

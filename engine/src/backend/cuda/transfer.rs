@@ -35,6 +35,7 @@ impl Staging {
 
 /// Copies `src` to device address `dst` (enqueued; `src` may be dropped on return).
 pub(crate) fn write_bytes(dev: &DeviceCtx, dst: u64, src: &[u8]) -> Result<()> {
+    super::graph::refuse_in_capture(dev, "a host <-> device copy")?;
     dev.bind()?;
     let mut st = lock(&dev.staging);
     st.ensure(dev)?;
@@ -45,9 +46,9 @@ pub(crate) fn write_bytes(dev: &DeviceCtx, dst: u64, src: &[u8]) -> Result<()> {
             cu::event::synchronize(ev).map_err(|e| dev.async_err("cuEventSynchronize", e))?;
             let pinned = std::slice::from_raw_parts_mut(host, chunk.len());
             pinned.copy_from_slice(chunk);
-            cu::memcpy_htod_async(dst + (i * CHUNK) as u64, pinned, dev.stream)
+            cu::memcpy_htod_async(dst + (i * CHUNK) as u64, pinned, dev.stream())
                 .map_err(|e| dev.async_err("cuMemcpyHtoDAsync", e))?;
-            cu::event::record(ev, dev.stream).map_err(|e| dev.err("cuEventRecord", e))?;
+            cu::event::record(ev, dev.stream()).map_err(|e| dev.err("cuEventRecord", e))?;
         }
     }
     Ok(())
@@ -55,6 +56,7 @@ pub(crate) fn write_bytes(dev: &DeviceCtx, dst: u64, src: &[u8]) -> Result<()> {
 
 /// Copies `dst.len()` bytes from device address `src` (waits for the stream).
 pub(crate) fn read_into(dev: &DeviceCtx, src: u64, dst: &mut [u8]) -> Result<()> {
+    super::graph::refuse_in_capture(dev, "a host <-> device copy")?;
     dev.bind()?;
     let mut st = lock(&dev.staging);
     st.ensure(dev)?;
@@ -62,9 +64,9 @@ pub(crate) fn read_into(dev: &DeviceCtx, src: u64, dst: &mut [u8]) -> Result<()>
     for (i, chunk) in dst.chunks_mut(CHUNK).enumerate() {
         unsafe {
             let pinned = std::slice::from_raw_parts_mut(host, chunk.len());
-            cu::memcpy_dtoh_async(pinned, src + (i * CHUNK) as u64, dev.stream)
+            cu::memcpy_dtoh_async(pinned, src + (i * CHUNK) as u64, dev.stream())
                 .map_err(|e| dev.async_err("cuMemcpyDtoHAsync", e))?;
-            cu::stream::synchronize(dev.stream)
+            cu::stream::synchronize(dev.stream())
                 .map_err(|e| dev.async_err("cuStreamSynchronize", e))?;
             chunk.copy_from_slice(pinned);
         }
@@ -83,7 +85,7 @@ pub(crate) fn copy_d2d(dev: &DeviceCtx, dst: u64, src: u64, bytes: usize) -> Res
         return Ok(());
     }
     dev.bind()?;
-    unsafe { cu::memcpy_dtod_async(dst, src, bytes, dev.stream) }
+    unsafe { cu::memcpy_dtod_async(dst, src, bytes, dev.stream()) }
         .map_err(|e| dev.async_err("cuMemcpyDtoDAsync", e))
 }
 
@@ -159,7 +161,7 @@ pub(crate) fn gather_strided(
             WidthInBytes: width,
             Height: rows,
         };
-        unsafe { sys::cuMemcpy2DAsync_v2(&copy, dev.stream) }
+        unsafe { sys::cuMemcpy2DAsync_v2(&copy, dev.stream()) }
             .result()
             .map_err(|e| dev.async_err("cuMemcpy2DAsync (strided gather)", e))?;
     }
