@@ -174,7 +174,11 @@ fn replay_or_capture(
     step: &mut StepFn<'_>,
 ) -> Result<(Vec<Tensor>, Option<Result<()>>)> {
     use crate::backend::cuda;
-    let copies = |outs: &[Tensor]| outs.iter().map(cuda::fresh_copy).collect::<Result<Vec<_>>>();
+    let copies = |outs: &[Tensor]| {
+        outs.iter()
+            .map(cuda::fresh_copy)
+            .collect::<Result<Vec<_>>>()
+    };
     if let Some((graph, outs)) = &entry.graph {
         graph.launch()?;
         return Ok((copies(outs)?, None));
@@ -228,7 +232,7 @@ mod tests {
         assert!(err.to_string().contains("first used with [3]"), "{err}");
         let err = g.run(&[3], &[(&[1, 2, 3], &[3])], &mut step).unwrap_err();
         assert!(err.to_string().contains("2"), "{err}");
-        drop(step);
+        let _ = step;
         assert_eq!(calls, 2);
         assert_eq!(g.captured(), 0);
     }

@@ -379,9 +379,8 @@ impl LlamaModel {
             }
         }
         let d = self.device;
-        let upload = |v: &[u32]| -> Result<Tensor> {
-            Ok(Tensor::from_slice(v, &[v.len()])?.to_device(d)?)
-        };
+        let upload =
+            |v: &[u32]| -> Result<Tensor> { Ok(Tensor::from_slice(v, &[v.len()])?.to_device(d)?) };
         let x = StepInputs {
             tokens: upload(&batch.tokens)?,
             positions: upload(&batch.positions)?,
@@ -561,10 +560,18 @@ impl GraphBatch {
     fn pad(batch: &ForwardBatch, scratch: usize, layout: KvLayout) -> Option<GraphBatch> {
         let real = batch.num_seqs();
         let seqs = graph_seqs(real)?;
-        let blocks = batch.max_blocks.max(1).next_power_of_two().max(MIN_GRAPH_BLOCKS);
+        let blocks = batch
+            .max_blocks
+            .max(1)
+            .next_power_of_two()
+            .max(MIN_GRAPH_BLOCKS);
         let (scratch, pad) = (scratch as u32, seqs - real);
         let mut block_tables = Vec::with_capacity(seqs * blocks);
-        for row in batch.block_tables.chunks(batch.max_blocks.max(1)).take(real) {
+        for row in batch
+            .block_tables
+            .chunks(batch.max_blocks.max(1))
+            .take(real)
+        {
             block_tables.extend_from_slice(row);
             block_tables.extend(std::iter::repeat_n(0, blocks - row.len()));
         }
@@ -573,7 +580,10 @@ impl GraphBatch {
             block_tables.extend(std::iter::repeat_n(0, blocks - 1));
         }
         let with = |v: &[u32], fill: u32| -> Vec<u32> {
-            v.iter().copied().chain(std::iter::repeat_n(fill, pad)).collect()
+            v.iter()
+                .copied()
+                .chain(std::iter::repeat_n(fill, pad))
+                .collect()
         };
         let mut rows = batch.logits_rows.clone();
         rows.resize(seqs, 0);

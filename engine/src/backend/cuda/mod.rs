@@ -23,8 +23,8 @@ mod ops_paged;
 mod ops_sample;
 mod transfer;
 
-pub use graph::{capture, with_pool, CudaGraph, GraphPool};
 pub use alloc::{set_guard_bytes, AllocStats, CudaBuffer, GUARD_SENTINEL};
+pub use graph::{capture, with_pool, CudaGraph, GraphPool};
 pub use launch::set_sync_launches;
 pub use ops_matmul::{gemm_variant, gemm_variants, set_gemm_variant, GemmVariant};
 
@@ -143,7 +143,8 @@ pub fn time_ms<F: FnMut() -> Result<()>>(ordinal: usize, mut f: F) -> Result<f32
         }
     };
     let timed = (|| {
-        unsafe { cu::event::record(start, dev.stream()) }.map_err(|e| dev.err("cuEventRecord", e))?;
+        unsafe { cu::event::record(start, dev.stream()) }
+            .map_err(|e| dev.err("cuEventRecord", e))?;
         f()?;
         dev.bind()?;
         unsafe { cu::event::record(end, dev.stream()) }.map_err(|e| dev.err("cuEventRecord", e))?;
