@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Run decode steps without CUDA graphs (same as KILN_CUDA_GRAPHS=0).
     #[arg(long)]
     pub no_cuda_graphs: bool,
+    /// dtype of the K/V pages: auto (bf16 for 16-bit weights on a GPU, else f32), f32, bf16.
+    #[arg(long, default_value = "auto", value_parser = parse_kv_dtype)]
+    pub kv_cache_dtype: KvDtypeArg,
     /// Per-request time limit in seconds (408, code 3007).
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
@@ -93,6 +96,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             max_queue: args.max_queue,
             prefix_caching: !args.no_prefix_caching,
             cuda_graphs: args.no_cuda_graphs.then_some(false),
+            kv_dtype: args.kv_cache_dtype.0,
         },
     }));
     for (name, r) in service.preload() {
@@ -122,4 +126,18 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         eprintln!("kiln: stopped");
         Ok(())
     })
+}
+
+/// `--kv-cache-dtype`: `None` is auto.
+#[derive(Clone, Copy, Debug)]
+pub struct KvDtypeArg(Option<kiln_engine::DType>);
+
+fn parse_kv_dtype(s: &str) -> Result<KvDtypeArg, String> {
+    use kiln_engine::DType;
+    match s {
+        "auto" => Ok(KvDtypeArg(None)),
+        "f32" => Ok(KvDtypeArg(Some(DType::F32))),
+        "bf16" => Ok(KvDtypeArg(Some(DType::BF16))),
+        other => Err(format!("{other:?}: expected auto, f32 or bf16")),
+    }
 }

@@ -221,6 +221,26 @@ fn sixty_four_concurrent_requests_match_each_alone() {
     }
 }
 
+/// bf16 K/V pages (the GPU default for 16-bit weights) keep batch invariance: 16 concurrent
+/// requests give the tokens each gives alone on the same engine settings.
+#[test]
+fn bf16_pages_keep_batch_invariance() {
+    let m = model();
+    let mut rng = Rng(SEED ^ 3);
+    let ps = prompts(16, &mut rng);
+    let opts = ServeOptions {
+        max_batched_tokens: 256,
+        kv_cache_memory: Some(8 << 20),
+        kv_dtype: Some(kiln_engine::DType::BF16),
+        ..Default::default()
+    };
+    let together = run_concurrently(&m, &opts, &ps, 8);
+    for (i, p) in ps.iter().enumerate() {
+        let alone = run_concurrently(&m, &opts, std::slice::from_ref(p), 8);
+        assert_eq!(alone[0], together[i], "seed {:#x}: request {i}", SEED ^ 3);
+    }
+}
+
 #[test]
 fn two_hundred_requests_under_preemption_all_finish() {
     let m = model();

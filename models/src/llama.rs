@@ -282,6 +282,11 @@ impl LlamaModel {
         self.device
     }
 
+    /// dtype of the matrices (the embedding table's).
+    pub fn weight_dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
     /// Bytes held by the weights (memory-mapped or owned).
     pub fn weight_bytes(&self) -> usize {
         let size = |t: &Tensor| t.dtype().storage_bytes(t.elem_count());
@@ -438,6 +443,11 @@ impl LlamaModel {
         let scale = self.attention_scale();
         let h = self.hidden_states(&x.tokens, &x.positions, &mut |i, q, k, v| {
             let (kc, vc) = kv.layer_mut(i);
+            let (k, v) = if k.dtype() == kc.dtype() {
+                (k, v)
+            } else {
+                (k.to_dtype(kc.dtype())?, v.to_dtype(kc.dtype())?)
+            };
             kc.reshape_and_cache(&k, &x.slots)?;
             vc.reshape_and_cache(&v, &x.slots)?;
             Ok(q.paged_attention(kc, vc, &x.paged, scale, true)?)
