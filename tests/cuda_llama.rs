@@ -301,3 +301,59 @@ fn decode_graphs_match_eager_decode() {
         );
     }
 }
+
+/// Batched sampling on the GPU (one Penalize + one Sample launch for every row) draws the
+/// tokens the host sampler draws row by row.
+#[test]
+fn batched_gpu_sampling_matches_the_host() {
+    use kiln_engine::sampler::{Sampler, SamplingParams};
+    use kiln_engine::Tensor;
+    let Some(device) = gpu() else { return };
+    let (rows, vocab) = (9, 32000);
+    let params = |i: usize| SamplingParams {
+        temperature: if i.is_multiple_of(3) { 0.0 } else { 0.8 },
+        top_k: i.is_multiple_of(2).then_some(40),
+        top_p: if i % 4 == 3 { 0.9 } else { 1.0 },
+        repetition_penalty: if i % 4 == 1 { 1.3 } else { 1.0 },
+        presence_penalty: if i % 5 == 2 { 0.4 } else { 0.0 },
+        seed: Some(7 + i as u64),
+        ..Default::default()
+    };
+    let mk = || -> Vec<Sampler> {
+        (0..rows)
+            .map(|i| Sampler::new(params(i), 3).unwrap())
+            .collect()
+    };
+    let (mut host, mut dev) = (mk(), mk());
+    let mut histories: Vec<Vec<u32>> = (0..rows).map(|i| vec![i as u32, 17, 17]).collect();
+    let mut state = 0x5eed_u64;
+    for step in 0..20 {
+        let flat: Vec<f32> = (0..rows * vocab)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+            })
+            .collect();
+        let want: Vec<u32> = (0..rows)
+            .map(|r| {
+                host[r].sample(
+                    &mut flat[r * vocab..(r + 1) * vocab].to_vec(),
+                    &histories[r],
+                )
+            })
+            .collect();
+        let t = Tensor::from_vec(flat, &[rows, vocab])
+            .unwrap()
+            .to_device(device)
+            .unwrap();
+        let mut refs: Vec<&mut Sampler> = dev.iter_mut().collect();
+        let h: Vec<&[u32]> = histories.iter().map(|h| h.as_slice()).collect();
+        let got = Sampler::sample_batch(&t, &mut refs, &h).unwrap();
+        assert_eq!(got, want, "step {step}");
+        for (h, id) in histories.iter_mut().zip(got) {
+            h.push(id);
+        }
+    }
+}

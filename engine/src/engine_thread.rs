@@ -9,7 +9,7 @@ mod tests;
 
 use crate::batch::ForwardBatch;
 use crate::sampler::{Sampler, SamplingParams};
-use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Step};
 use crate::Tensor;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -460,12 +460,12 @@ impl Worker {
         }
         let batch = ForwardBatch::from_step(&self.scheduler, &step);
         self.stats.steps += 1;
-        let logits = self
+        let drawn = self
             .model
             .forward(&batch)
-            .and_then(|l| l.to_vec::<f32>().map_err(|e| e.to_string()));
-        let logits = match logits {
-            Ok(l) => l,
+            .and_then(|logits| self.draw(&logits, &step).map_err(|e| e.to_string()));
+        let drawn = match drawn {
+            Ok(d) => d,
             Err(e) => {
                 for s in &step.seqs {
                     self.end(s.seq, Some(Event::Error(format!("forward failed: {e}"))));
@@ -474,20 +474,12 @@ impl Worker {
             }
         };
         self.scheduler.complete(&step);
-        let vocab = self.model.vocab_size();
         let max_context = self.model.max_context();
-        let sampling = step.seqs.iter().filter(|s| s.sample);
-        for (row, s) in sampling.enumerate() {
-            let id = s.seq;
-            let history = self.scheduler.tokens(id).to_vec();
+        for (id, token) in drawn {
+            let history_len = self.scheduler.tokens(id).len();
             let Some(a) = self.requests.get_mut(&id) else {
                 continue; // cancelled during the step
             };
-            let mut logits_row = logits[row * vocab..(row + 1) * vocab].to_vec();
-            if let Some(p) = a.processor.as_mut() {
-                p.process(&a.generated, &mut logits_row);
-            }
-            let token = a.sampler.sample(&mut logits_row, &history);
             if a.stop_ids.contains(&token) {
                 self.done(id, FinishReason::Stop);
                 continue;
@@ -500,12 +492,85 @@ impl Worker {
             }
             if a.generated.len() >= a.max_tokens {
                 self.done(id, FinishReason::Length);
-            } else if history.len() + 1 >= max_context {
+            } else if history_len + 1 >= max_context {
                 self.done(id, FinishReason::ContextFull);
             } else {
                 self.scheduler.append(id, token);
             }
         }
+    }
+
+    /// The token each sampling sequence of `step` draws from its row of `logits`, for the
+    /// requests still open. On a GPU the rows without a logits processor are sampled there
+    /// in one batch (only their ids come back); a row with a processor (JSON mode) is copied
+    /// to the host, processed and sampled there.
+    fn draw(&mut self, logits: &Tensor, step: &Step) -> crate::Result<Vec<(u64, u32)>> {
+        let vocab = self.model.vocab_size();
+        let rows: Vec<(usize, u64)> = step
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .enumerate()
+            .map(|(row, s)| (row, s.seq))
+            .filter(|(_, id)| self.requests.contains_key(id))
+            .collect();
+        let on_host = logits.device() == crate::Device::Cpu;
+        let all = if on_host {
+            Some(logits.to_vec::<f32>()?)
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        let mut batched = Vec::new();
+        for &(row, id) in &rows {
+            let history = self.scheduler.tokens(id);
+            let a = self.requests.get_mut(&id).expect("filtered above");
+            if all.is_none() && a.processor.is_none() {
+                batched.push((row, id));
+                continue;
+            }
+            let mut logits_row = match &all {
+                Some(all) => all[row * vocab..(row + 1) * vocab].to_vec(),
+                None => logits.narrow(0, row, 1)?.to_vec::<f32>()?,
+            };
+            if let Some(p) = a.processor.as_mut() {
+                p.process(&a.generated, &mut logits_row);
+            }
+            out.push((row, id, a.sampler.sample(&mut logits_row, history)));
+        }
+        if !batched.is_empty() {
+            let x = if batched.len() == logits.dim(0)? {
+                logits.clone()
+            } else {
+                let idx: Vec<u32> = batched.iter().map(|&(row, _)| row as u32).collect();
+                let idx = Tensor::from_slice(&idx, &[idx.len()])?.to_device(logits.device())?;
+                logits.embedding(&idx)?
+            };
+            let ids: std::collections::HashSet<u64> = batched.iter().map(|&(_, id)| id).collect();
+            let mut samplers: HashMap<u64, &mut Sampler> = self
+                .requests
+                .iter_mut()
+                .filter(|(id, _)| ids.contains(id))
+                .map(|(id, a)| (*id, &mut a.sampler))
+                .collect();
+            let mut ordered: Vec<&mut Sampler> = Vec::with_capacity(batched.len());
+            for (_, id) in &batched {
+                ordered.push(samplers.remove(id).expect("open request"));
+            }
+            let histories: Vec<&[u32]> = batched
+                .iter()
+                .map(|&(_, id)| self.scheduler.tokens(id))
+                .collect();
+            let tokens = Sampler::sample_batch(&x, &mut ordered, &histories)?;
+            out.extend(
+                batched
+                    .iter()
+                    .zip(tokens)
+                    .map(|(&(row, id), t)| (row, id, t)),
+            );
+        }
+        out.sort_unstable_by_key(|&(row, _, _)| row);
+        Ok(out.into_iter().map(|(_, id, t)| (id, t)).collect())
     }
 
     fn publish(&mut self) {

@@ -275,6 +275,85 @@ impl Sampler {
             .ok_or_else(|| EngineError::Data("sample: no token id came back".into()))
     }
 
+    /// One token per row of `logits` [rows, vocab] f32: row r drawn by `samplers[r]` with
+    /// `histories[r]`. On the CPU each row goes through [`Sampler::sample`]; on a GPU all
+    /// rows' penalties and draws are one `Op::Penalize` and one `Op::Sample` launch and only
+    /// the ids come back (the same tokens, by the kernels' integer-exact rule).
+    pub fn sample_batch(
+        logits: &Tensor,
+        samplers: &mut [&mut Sampler],
+        histories: &[&[u32]],
+    ) -> Result<Vec<u32>> {
+        let (rows, vocab) = match logits.shape() {
+            [r, v] => (*r, *v),
+            s => {
+                return Err(shape_err(
+                    "sample",
+                    format!("logits {s:?}: expected [rows, vocab]"),
+                ))
+            }
+        };
+        if samplers.len() != rows || histories.len() != rows {
+            return Err(shape_err(
+                "sample",
+                format!(
+                    "{rows} rows of logits for {} samplers and {} histories",
+                    samplers.len(),
+                    histories.len()
+                ),
+            ));
+        }
+        let device = logits.device();
+        if device == Device::Cpu || rows == 0 {
+            let all = logits.to_vec::<f32>()?;
+            return Ok(samplers
+                .iter_mut()
+                .zip(histories)
+                .zip(all.chunks(vocab.max(1)))
+                .map(|((s, h), row)| s.sample(&mut row.to_vec(), h))
+                .collect());
+        }
+        let backend = backend_for(device);
+        let mut x = logits.clone();
+        if samplers.iter().any(|s| s.penalty_row().is_some()) {
+            let neutral = PenaltyRow {
+                repetition: 1.0,
+                frequency: 0.0,
+                presence: 0.0,
+            };
+            let (mut pens, mut offsets, mut entries) = (Vec::new(), vec![0u32], Vec::new());
+            for (s, h) in samplers.iter_mut().zip(histories) {
+                match s.penalty_row() {
+                    Some(pen) => {
+                        s.collect_penalty_entries(vocab, h);
+                        entries.extend_from_slice(&s.entries);
+                        pens.push(pen);
+                    }
+                    None => pens.push(neutral),
+                }
+                offsets.push((entries.len() / 2) as u32);
+            }
+            let n = entries.len() / 2;
+            if n > 0 {
+                let offsets = Tensor::from_slice(&offsets, &[rows + 1])?.to_device(device)?;
+                let entries = Tensor::from_slice(&entries, &[n, 2])?.to_device(device)?;
+                let op = Op::Penalize { rows: pens };
+                x = backend.execute(&op, &[&x, &offsets, &entries])?;
+            }
+        }
+        let op = Op::Sample {
+            rows: samplers.iter_mut().map(|s| s.next_row()).collect(),
+        };
+        let ids = backend.execute(&op, &[&x])?.to_vec::<u32>()?;
+        if ids.len() != rows {
+            return Err(EngineError::Data(format!(
+                "sample: {} ids came back for {rows} rows",
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+
     /// This step's kernel parameters; draws the uniform (one number) unless greedy.
     fn next_row(&mut self) -> SampleRow {
         let p = &self.params;

@@ -566,3 +566,45 @@ fn penalize_op_checks_its_csr() {
         .to_string();
     assert!(e.contains("expected [n, 2]"), "{e}");
 }
+
+/// Rows sampled together equal each row sampled alone with its own sampler (mixed greedy,
+/// penalised and plain rows), and a shape mismatch is an error.
+#[test]
+fn sample_batch_equals_rows_alone() {
+    let params = |i: usize| SamplingParams {
+        temperature: if i.is_multiple_of(3) { 0.0 } else { 0.9 },
+        top_k: i.is_multiple_of(2).then_some(12),
+        repetition_penalty: if i % 4 == 1 { 1.2 } else { 1.0 },
+        frequency_penalty: if i % 5 == 2 { 0.3 } else { 0.0 },
+        seed: Some(40 + i as u64),
+        ..SamplingParams::default()
+    };
+    let rows = 7;
+    let mut alone: Vec<Sampler> = (0..rows).map(|i| sampler(params(i), 2)).collect();
+    let mut together: Vec<Sampler> = (0..rows).map(|i| sampler(params(i), 2)).collect();
+    let mut rng = Xoshiro256::from_seed(11);
+    let mut histories: Vec<Vec<u32>> = (0..rows).map(|i| vec![i as u32, 3]).collect();
+    for step in 0..30 {
+        let flat: Vec<f32> = (0..rows * 200)
+            .map(|_| rng.next_f64() as f32 * 5.0)
+            .collect();
+        let want: Vec<u32> = (0..rows)
+            .map(|r| alone[r].sample(&mut flat[r * 200..(r + 1) * 200].to_vec(), &histories[r]))
+            .collect();
+        let t = Tensor::from_vec(flat, &[rows, 200]).unwrap();
+        let mut refs: Vec<&mut Sampler> = together.iter_mut().collect();
+        let h: Vec<&[u32]> = histories.iter().map(|h| h.as_slice()).collect();
+        let got = Sampler::sample_batch(&t, &mut refs, &h).unwrap();
+        assert_eq!(got, want, "step {step}");
+        for (h, id) in histories.iter_mut().zip(got) {
+            h.push(id);
+        }
+    }
+    let t = Tensor::from_vec(vec![0.0f32; 400], &[2, 200]).unwrap();
+    let mut refs: Vec<&mut Sampler> = together.iter_mut().take(1).collect();
+    let err = Sampler::sample_batch(&t, &mut refs, &[&[]]).unwrap_err();
+    assert!(
+        err.to_string().contains("2 rows of logits for 1 samplers"),
+        "{err}"
+    );
+}
