@@ -25,6 +25,10 @@ mod transfer;
 pub use alloc::{set_guard_bytes, AllocStats, CudaBuffer, GUARD_SENTINEL};
 pub use launch::set_sync_launches;
 pub use ops_matmul::{gemm_variant, gemm_variants, set_gemm_variant, GemmVariant};
+pub use ops_paged::{
+    attn_variant, attn_variants, attn_wgmma_unavailable, set_attn_variant, AttnVariant,
+    AUTO_USES_WGMMA,
+};
 
 use crate::backend::Device;
 use crate::dtype::DType;
