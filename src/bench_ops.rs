@@ -425,7 +425,9 @@ fn variant_row(
 
 #[cfg(feature = "cuda")]
 fn set_variant(kind: Kind, name: Option<&str>) -> Result<()> {
-    use kiln_engine::backend::cuda::{set_attn_variant, set_gemm_variant, AttnVariant, GemmVariant};
+    use kiln_engine::backend::cuda::{
+        set_attn_variant, set_gemm_variant, AttnVariant, GemmVariant,
+    };
     match kind {
         Kind::Gemm => set_gemm_variant(match name {
             Some(n) => Some(
