@@ -207,7 +207,7 @@ fn prefill_variant_specs() -> Vec<PagedSpec> {
         }
     }
     v.push(paged(
-        (32, 4, 128),
+        (16, 2, 128),
         16,
         DType::BF16,
         true,
@@ -215,7 +215,7 @@ fn prefill_variant_specs() -> Vec<PagedSpec> {
         &[(1024, 1024), (300, 1500)],
     ));
     v.push(paged(
-        (32, 8, 128),
+        (16, 4, 128),
         16,
         DType::BF16,
         false,
