@@ -166,8 +166,10 @@ stage d "kiln bench-ops --device cuda" "$lim"
 : >"$OUT/bench-ops.jsonl"
 if [[ -x "$B/kiln" ]]; then
     # --gemm-variants all: each m > 8 matmul case again under every GEMM variant this card
-    # runs (KILN_GEMM names), for gpu_peers.py's variant table.
+    # runs (KILN_GEMM names), for gpu_peers.py's variant table; --attn-variants all: each
+    # attention prefill case under every attention variant (KILN_ATTN names) likewise.
     run_for "$lim" "$B/kiln" bench-ops --device cuda --json --budget-ms 200 --gemm-variants all \
+        --attn-variants all \
         >"$OUT/bench-ops.jsonl" 2>"$OUT/bench-ops.log"
     rc=$?
     if ((rc != 0)) && [[ ! -s "$OUT/bench-ops.jsonl" ]]; then

@@ -281,6 +281,7 @@ def ops(args, torch, rows_out):
     for (op, key, _), r in kiln.items():
         print(f"{op:<10} {key:<34} {fmt(r.get('gb_s')):>9}  (no torch peer at this shape); {kiln_text(r)}")
     gemm_variants(args, torch_tfs, rows_out)
+    attention_variants(args, torch, rows_out)
 
 
 def gemm_variants(args, torch_tfs, rows_out):
@@ -319,6 +320,84 @@ def gemm_variants(args, torch_tfs, rows_out):
         value = f"{min(got):.2f}..{max(got):.2f}x torch"
         rows_out.append(("kernels", f"matmul M=4096 variant {v}", value, f"{len(got)} Llama shapes",
                          f"min {min(got):.2f}x", "measured"))
+
+
+# ---- attention prefill variants (kiln bench-ops --attn-variants) -------------------------------
+# Kept apart from the CASES table: kiln's causal bf16 paged prefill at 1k / 4k / 16k tokens
+# (32 heads, 8 kv heads, head_dim 128) under each attention variant against torch SDPA with the
+# flash backend forced (bf16, dense K/V expanded to 32 heads, causal).
+ATTN_SEQS = [1024, 4096, 16384]
+ATTN_HEADS, ATTN_KV_HEADS, ATTN_D = 32, 8, 128
+
+
+def attn_prefill_flops(n, heads=ATTN_HEADS, d=ATTN_D):
+    """4 flops per (query, key, dim) over the keys a causal query sees (kiln's count)."""
+    return 4 * heads * d * (n * (n + 1) // 2)
+
+
+def sdpa_flash_ms(torch, n):
+    """Median ms of SDPA (flash backend only) on causal bf16 [1, 32, n, 128]; raises when the
+    flash backend cannot run it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    F = torch.nn.functional
+    q = torch.rand(1, ATTN_HEADS, n, ATTN_D, device="cuda", dtype=torch.bfloat16) * 2 - 1
+    kv = [torch.rand(1, ATTN_KV_HEADS, n, ATTN_D, device="cuda", dtype=torch.bfloat16) * 2 - 1 for _ in range(2)]
+    k, v = (t.repeat_interleave(ATTN_HEADS // ATTN_KV_HEADS, dim=1) for t in kv)
+
+    def run():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    return bench(torch, run)
+
+
+def attention_variants(args, torch, rows_out):
+    """One table: TFLOP/s of kiln's prefill kernels (each --attn-variants row, plus the default
+    row) and of SDPA flash at seq 1k / 4k / 16k, with the ratio to SDPA."""
+    kiln = {}
+    try:
+        with open(args.kiln) as f:
+            for line in f:
+                if not line.startswith("{"):
+                    continue
+                r = json.loads(line)
+                shapes = r.get("shapes") or []
+                if r.get("op") != "paged_attention" or len(shapes) < 1 or len(shapes[0]) != 3:
+                    continue
+                rows, heads, d = shapes[0]
+                if heads != ATTN_HEADS or d != ATTN_D or rows not in ATTN_SEQS:
+                    continue
+                kiln[(rows, r.get("variant", "default"))] = r
+    except OSError:
+        pass
+    names = sorted({v for _, v in kiln}, key=lambda v: (v != "default", v))
+    print()
+    print("attention prefill variants, causal bf16 hd128 32/8 heads, TFLOP/s (x SDPA flash)")
+    print(f"{'seq':>6} {'SDPA flash':>10} " + " ".join(f"{v:>17}" for v in names))
+    for n in ATTN_SEQS:
+        try:
+            ms = sdpa_flash_ms(torch, n)
+            t_tfs = attn_prefill_flops(n) / (ms * 1e-3) / 1e12
+        except Exception as e:
+            t_tfs = None
+            print(f"  SDPA flash at {n}: FAIL {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}")
+        torch.cuda.empty_cache()
+        cells = []
+        for v in names:
+            r = kiln.get((n, v))
+            k_tfs = r.get("tflop_s") if r else None
+            ratio = k_tfs / t_tfs if k_tfs and t_tfs else None
+            if r and r.get("status") != "ok":
+                cells.append(f"{'(' + r.get('status', '?')[:14] + ')':>17}")
+            else:
+                cells.append(f"{fmt(k_tfs):>8} ({fmt(ratio, 2):>5}x)")
+            if v != "default":
+                status = r.get("status", "n/a") if r else "n/a (no kiln row)"
+                rows_out.append(("kernels", f"attention prefill {n} causal hd128 variant {v} TFLOP/s",
+                                 fmt(k_tfs), f"SDPA flash bf16 {fmt(t_tfs)}", x_text(ratio),
+                                 "measured" if status == "ok" else status))
+        print(f"{n:>6} {fmt(t_tfs):>10} " + " ".join(cells), flush=True)
 
 
 def summary_row(rows_out, op, shapes, dtypes, extra, r, k_gbs, k_tfs, pct, t_gbs, t_tfs, ratio, copy):

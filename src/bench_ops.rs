@@ -50,6 +50,11 @@ pub struct BenchOpsArgs {
     /// device runs); one extra row per variant, with a "variant" field. CUDA only.
     #[arg(long, value_delimiter = ',')]
     pub gemm_variants: Vec<String>,
+    /// Also time each attention prefill case (paged, not decode-only; varlen) under each of
+    /// these attention variants (names as in KILN_ATTN: auto, wgmma, mma, or `all` for every
+    /// one this device runs); one extra row per variant, with a "variant" field. CUDA only.
+    #[arg(long, value_delimiter = ',')]
+    pub attn_variants: Vec<String>,
 }
 
 fn to_device(t: Tensor, device: Device) -> Result<Tensor> {
@@ -258,6 +263,7 @@ pub fn bench_ops(args: BenchOpsArgs) -> Result<()> {
         )?;
     }
     let variants = gemm_variants(&args.gemm_variants, device)?;
+    let attn = attn_variants(&args.attn_variants, device)?;
     let (mut failed, mut reuse) = (false, None);
     for (index, name) in ALL_OPS.iter().enumerate() {
         if !args.ops.is_empty() && !args.ops.iter().any(|o| o == name) {
@@ -280,14 +286,19 @@ pub fn bench_ops(args: BenchOpsArgs) -> Result<()> {
                 .as_str()
                 .is_some_and(|s| s.starts_with("error"));
             print_row(&mut out, args.json, &row)?;
-            if reaches_gemm(spec) {
-                for v in &variants {
-                    let row = variant_row(spec, device, &args, seed, &mut reuse, v)?;
-                    failed |= row["status"]
-                        .as_str()
-                        .is_some_and(|s| s.starts_with("error"));
-                    print_row(&mut out, args.json, &row)?;
-                }
+            let (kind, names): (Kind, &[String]) = if reaches_gemm(spec) {
+                (Kind::Gemm, &variants)
+            } else if reaches_attn_prefill(spec) {
+                (Kind::Attn, &attn)
+            } else {
+                (Kind::Gemm, &[])
+            };
+            for v in names {
+                let row = variant_row(spec, device, &args, seed, &mut reuse, kind, v)?;
+                failed |= row["status"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("error"));
+                print_row(&mut out, args.json, &row)?;
             }
         }
         reuse = None;
@@ -303,6 +314,62 @@ fn reaches_gemm(spec: &Spec) -> bool {
         && spec.inputs.len() >= 2
         && rows(&spec.inputs[0].shape) > 8
         && matches!(input_dtype(spec.inputs[1].fill), DType::BF16 | DType::F16)
+}
+
+/// A prefill attention case (paged, not decode-only; varlen): the kernels the attention
+/// variants choose between.
+fn reaches_attn_prefill(spec: &Spec) -> bool {
+    matches!(
+        spec.op,
+        Op::PagedAttention {
+            decode_only: false,
+            ..
+        } | Op::VarlenAttention { .. }
+    )
+}
+
+/// Which variant switch a row forces.
+#[derive(Clone, Copy)]
+enum Kind {
+    Gemm,
+    Attn,
+}
+
+/// The variants `--attn-variants` names (`all`: every one the device runs), checked up front.
+#[cfg(feature = "cuda")]
+fn attn_variants(names: &[String], device: Device) -> Result<Vec<String>> {
+    use kiln_engine::backend::cuda::{attn_variants, attn_wgmma_unavailable, AttnVariant};
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Device::Cuda(ordinal) = device else {
+        anyhow::bail!("--attn-variants: the attention variants are CUDA kernels (--device cuda)");
+    };
+    if let Some(why) = attn_wgmma_unavailable(ordinal)? {
+        eprintln!("--attn-variants: {why}");
+    }
+    if names.iter().any(|n| n == "all") {
+        return Ok(attn_variants(ordinal)?
+            .iter()
+            .map(|v| v.name().to_string())
+            .collect());
+    }
+    for n in names {
+        anyhow::ensure!(
+            AttnVariant::parse(n).is_some(),
+            "--attn-variants: unknown variant {n:?} (auto, wgmma, mma, all)"
+        );
+    }
+    Ok(names.to_vec())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn attn_variants(names: &[String], _device: Device) -> Result<Vec<String>> {
+    anyhow::ensure!(
+        names.is_empty(),
+        "--attn-variants: this build of kiln has no CUDA backend"
+    );
+    Ok(Vec::new())
 }
 
 /// The variants `--gemm-variants` names (`all`: every one the device runs), checked up front.
@@ -339,36 +406,48 @@ fn gemm_variants(names: &[String], _device: Device) -> Result<Vec<String>> {
     Ok(Vec::new())
 }
 
-/// One case timed under GEMM variant `name` (forced for the duration of the case).
+/// One case timed under GEMM or attention variant `name` (forced for the duration of the case).
 fn variant_row(
     spec: &Spec,
     device: Device,
     args: &BenchOpsArgs,
     seed: u64,
     reuse: &mut Reuse,
+    kind: Kind,
     name: &str,
 ) -> Result<Value> {
-    set_variant(Some(name))?;
+    set_variant(kind, Some(name))?;
     let mut row = bench_case(spec, device, args, seed, reuse);
-    set_variant(None)?;
+    set_variant(kind, None)?;
     row["variant"] = name.into();
     Ok(row)
 }
 
 #[cfg(feature = "cuda")]
-fn set_variant(name: Option<&str>) -> Result<()> {
-    use kiln_engine::backend::cuda::{set_gemm_variant, GemmVariant};
-    let v = match name {
-        Some(n) => Some(
-            GemmVariant::parse(n).ok_or_else(|| anyhow::anyhow!("unknown GEMM variant {n:?}"))?,
-        ),
-        None => None,
+fn set_variant(kind: Kind, name: Option<&str>) -> Result<()> {
+    use kiln_engine::backend::cuda::{
+        set_attn_variant, set_gemm_variant, AttnVariant, GemmVariant,
     };
-    set_gemm_variant(v);
+    match kind {
+        Kind::Gemm => set_gemm_variant(match name {
+            Some(n) => Some(
+                GemmVariant::parse(n)
+                    .ok_or_else(|| anyhow::anyhow!("unknown GEMM variant {n:?}"))?,
+            ),
+            None => None,
+        }),
+        Kind::Attn => set_attn_variant(match name {
+            Some(n) => Some(
+                AttnVariant::parse(n)
+                    .ok_or_else(|| anyhow::anyhow!("unknown attention variant {n:?}"))?,
+            ),
+            None => None,
+        }),
+    }
     Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn set_variant(_name: Option<&str>) -> Result<()> {
+fn set_variant(_kind: Kind, _name: Option<&str>) -> Result<()> {
     Ok(())
 }

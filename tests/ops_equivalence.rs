@@ -506,6 +506,22 @@ fn gemm_variants_for(c: &Case, variants: &[cuda::GemmVariant]) -> Vec<Option<cud
         .collect()
 }
 
+/// The attention variants a case runs under: each one `variants` lists for a prefill (a
+/// `PagedAttention` that is not decode_only, or a `VarlenAttention`); `None` for every other.
+fn attn_variants_for(c: &Case, variants: &[cuda::AttnVariant]) -> Vec<Option<cuda::AttnVariant>> {
+    let prefill = matches!(
+        c.op,
+        Op::PagedAttention {
+            decode_only: false,
+            ..
+        } | Op::VarlenAttention { .. }
+    );
+    if !prefill || variants.is_empty() {
+        return vec![None];
+    }
+    variants.iter().copied().map(Some).collect()
+}
+
 /// The host data of one input: the tensor in its own dtype and the f32 twin (same values).
 fn host_input(spec: &Input, rng: &mut Rng) -> Result<(Tensor, Tensor), String> {
     let mut base = spec.shape.clone();
@@ -825,6 +841,18 @@ fn cuda_matches_cpu() {
     };
     let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
     println!("gemm variants: auto + {names:?} for matmul cases with m > 8 and 16-bit weights");
+    // Attention prefill variants likewise (forced with set_attn_variant).
+    let attn = match &gpu {
+        Ok(()) => cuda::attn_variants(0).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let names: Vec<&str> = attn.iter().map(|v| v.name()).collect();
+    println!("attention variants: {names:?} for paged (not decode-only) and varlen cases");
+    if gpu.is_ok() {
+        if let Ok(Some(why)) = cuda::attn_wgmma_unavailable(0) {
+            println!("attention wgmma not run: {why}");
+        }
+    }
     println!("seed: {SEED:#x} (case k uses seed + k)");
     println!(
         "{:<10} {:>4}  {:<6} {:<60} detail",
@@ -833,22 +861,29 @@ fn cuda_matches_cpu() {
     let (mut pass, mut fail, mut skip) = (0, 0, 0);
     let mut k = 0u64;
     for op in selected {
-        for (c, gemm) in cases_for(op).into_iter().flat_map(|c| {
+        for (c, gemm, att) in cases_for(op).into_iter().flat_map(|c| {
+            let atts = attn_variants_for(&c, &attn);
             gemm_variants_for(&c, &variants)
                 .into_iter()
-                .map(move |g| (c.clone(), g))
+                .flat_map(move |g| atts.clone().into_iter().map(move |a| (g, a)))
+                .map(move |(g, a)| (c.clone(), g, a))
         }) {
             let outcome = match &gpu {
                 Err(why) => Outcome::Skip(format!("no GPU: {why}")),
                 Ok(()) => {
                     cuda::set_gemm_variant(gemm);
+                    cuda::set_attn_variant(att);
                     let mut rng = Rng(SEED + k);
                     let r = run_case(&c, &mut rng).unwrap_or_else(Outcome::Fail);
                     cuda::set_gemm_variant(None);
+                    cuda::set_attn_variant(None);
                     r
                 }
             };
-            let tag_gemm = gemm.map_or(String::new(), |g| format!(" gemm={}", g.name()));
+            let mut tag_gemm = gemm.map_or(String::new(), |g| format!(" gemm={}", g.name()));
+            if let Some(a) = att {
+                tag_gemm.push_str(&format!(" attn={}", a.name()));
+            }
             let (tag, detail) = match outcome {
                 Outcome::Pass(d) => {
                     pass += 1;

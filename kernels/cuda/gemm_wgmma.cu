@@ -41,6 +41,7 @@
 // WG_SMEM_BYTES (cuFuncSetAttribute raises the limit); params carry the two tensor maps
 // (x: dims {k, m}, box {64, 128}; w: dims {k, n}, box {64, 256}; both 128B swizzle).
 #include "matmul.cuh"
+#include "wgmma.cuh"  // descriptors, fences, waits (sm_90a only)
 
 namespace kiln {
 
@@ -111,20 +112,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const TmaDesc* map, ui
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
 }
-
-__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
-    return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(16 >> 4) << 16) | (uint64_t(1024 >> 4) << 32) |
-           (uint64_t(1) << 62);
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Makes later reads of `v` depend on this point (after a wgmma.wait_group): the compiler
-// cannot see that the asynchronous wgmma writes the accumulators only by then.
-__device__ __forceinline__ void fence_operand(float& v) { asm volatile("" : "+f"(v)::"memory"); }
 
 template <typename T> struct IsBf16 { static constexpr bool value = false; };
 template <> struct IsBf16<bf16> { static constexpr bool value = true; };

@@ -35,7 +35,7 @@
 // Metadata the host validated on the CPU is taken on trust for speed, but a page index outside
 // the cache or the table, q_len > context_len, or (decode) a sequence without exactly one query
 // row makes the rows concerned NaN instead of reading outside the buffers.
-#include "flash_attention.cuh"
+#include "attention_jobs.cuh"
 
 namespace kiln {
 
@@ -50,29 +50,6 @@ struct ReshapeAndCacheParams {
     uint32_t num_blocks;
 };
 
-struct PagedAttentionParams {
-    const float* q;                // [rows, heads, head_dim]
-    const void* k_cache;           // [num_blocks, kv_heads, block_size, head_dim]
-    const void* v_cache;
-    const uint32_t* block_tables;  // [seqs, max_blocks]
-    const uint32_t* context_lens;  // [seqs]
-    const uint32_t* cu_seqlens;    // [seqs + 1]
-    float* out;                    // [rows, heads, head_dim]
-    float* part_out;               // decode, splits > 1: [splits, seqs, heads, head_dim]
-    float* part_lse;               // decode, splits > 1: [splits, seqs, heads]
-    uint32_t rows;
-    uint32_t seqs;
-    uint32_t heads;
-    uint32_t kv_heads;
-    uint32_t head_dim;
-    uint32_t block_size;
-    uint32_t num_blocks;
-    uint32_t max_blocks;
-    uint32_t split_len;  // decode: keys per split, a multiple of 64
-    uint32_t splits;     // decode: CTAs per (sequence, kv head)
-    float scale;
-    uint32_t causal;
-};
 
 struct AttentionCombineParams {
     const float* part_out;  // [splits, rows, heads, head_dim]
@@ -86,8 +63,6 @@ struct AttentionCombineParams {
 
 // Layouts shared with src/cuda/params.rs (which asserts the same numbers).
 static_assert(sizeof(ReshapeAndCacheParams) == 48 && offsetof(ReshapeAndCacheParams, num_blocks) == 44,
-              "params layout");
-static_assert(sizeof(PagedAttentionParams) == 120 && offsetof(PagedAttentionParams, causal) == 116,
               "params layout");
 static_assert(sizeof(AttentionCombineParams) == 40 && offsetof(AttentionCombineParams, splits) == 36,
               "params layout");
@@ -121,26 +96,6 @@ __device__ __forceinline__ void reshape_and_cache(const ReshapeAndCacheParams& p
     }
 }
 
-// Element offset of key j's row (kv head kv_head) in the cache, or -1 if its page is outside
-// the table or the cache.
-struct PagedKvOffset {
-    const uint32_t* table;  // the sequence's row of block_tables
-    uint32_t block_size;
-    uint32_t max_blocks;
-    uint32_t num_blocks;
-    uint32_t kv_heads;
-    uint32_t kv_head;
-    uint32_t d;
-    __device__ __forceinline__ long long operator()(uint32_t j) const {
-        const uint32_t b = j / block_size;
-        if (b >= max_blocks) return -1;
-        const uint32_t page = table[b];
-        if (page >= num_blocks) return -1;
-        return (long long)(((uint64_t(page) * kv_heads + kv_head) * block_size + (j - b * block_size)) *
-                           d);
-    }
-};
-
 template <typename T, int DP>
 __device__ __forceinline__ void paged_prefill(const PagedAttentionParams& p) {
     constexpr int LD = FaDims<DP>::LD;
@@ -153,24 +108,8 @@ __device__ __forceinline__ void paged_prefill(const PagedAttentionParams& p) {
     uint32_t seq, tile;
     // Same answer in every warp: the whole CTA returns or none of it does.
     if (!fa_find_tile(p.cu_seqlens, p.seqs, group, gridDim.x - 1 - blockIdx.x, seq, tile)) return;
-    const uint32_t q0 = p.cu_seqlens[seq], q_len = p.cu_seqlens[seq + 1] - q0;
-    const uint32_t ctx = p.context_lens[seq];
-    FaPrefillJob job;
-    job.q = p.q;
-    job.out = p.out;
-    job.q_row0 = q0;
-    job.q_len = q0 >= p.rows ? 0 : min(q_len, p.rows - q0);
-    job.kv_len = ctx;
-    job.first = tile * FA_BLOCK_M;
-    job.heads = p.heads;
-    job.group = group;
-    job.kv_head = blockIdx.y;
-    job.d = p.head_dim;
-    job.scale_log2 = p.scale * FA_LOG2E;
-    job.causal = p.causal != 0;
-    job.poison = q_len > ctx || job.q_len != q_len;
-    PagedKvOffset kv{p.block_tables + uint64_t(seq) * p.max_blocks, p.block_size, p.max_blocks,
-                     p.num_blocks, p.kv_heads, blockIdx.y, p.head_dim};
+    const FaPrefillJob job = paged_prefill_job(p, seq, tile);
+    const PagedKvOffset kv = paged_kv_offset(p, seq, blockIdx.y);
     const T* kc = static_cast<const T*>(p.k_cache);
     const T* vc = static_cast<const T*>(p.v_cache);
     const bool kv_vec = p.head_dim % Width<T>::N == 0 && aligned16(kc) && aligned16(vc);
@@ -218,8 +157,7 @@ __device__ __forceinline__ void paged_decode(const PagedAttentionParams& p) {
         if (uint32_t(r) >= rows_here) return -1;
         return (long long)((uint64_t(seq) * p.heads + head_base + r) * d);
     });
-    PagedKvOffset kvo{p.block_tables + uint64_t(seq) * p.max_blocks, p.block_size, p.max_blocks,
-                      p.num_blocks, p.kv_heads, kvh, d};
+    const PagedKvOffset kvo = paged_kv_offset(p, seq, kvh);
     auto fill_offs = [&](uint32_t jt, long long* o) {
         if (threadIdx.x < FA_BLOCK_N) {
             const uint32_t j = kbeg + jt * FA_BLOCK_N + threadIdx.x;

@@ -10,30 +10,9 @@
 // Boundaries the host validated on the CPU are taken on trust, but a sequence whose keys run
 // past tk or whose queries run past tq, or a causal one with more queries than keys, gets NaN
 // rows instead of reads outside the buffers.
-#include "flash_attention.cuh"
+#include "attention_jobs.cuh"
 
 namespace kiln {
-
-struct VarlenAttentionParams {
-    const float* q;             // [tq, heads, head_dim]
-    const float* k;             // [tk, kv_heads, head_dim]
-    const float* v;
-    const uint32_t* cu_seqlens_q;  // [seqs + 1]
-    const uint32_t* cu_seqlens_k;  // [seqs + 1]
-    float* out;                 // [tq, heads, head_dim]
-    uint32_t tq;
-    uint32_t tk;
-    uint32_t seqs;
-    uint32_t heads;
-    uint32_t kv_heads;
-    uint32_t head_dim;
-    float scale;
-    uint32_t causal;
-};
-
-// Layout shared with src/cuda/params.rs (which asserts the same numbers).
-static_assert(sizeof(VarlenAttentionParams) == 80 && offsetof(VarlenAttentionParams, causal) == 76,
-              "params layout");
 
 template <int DP>
 __device__ __forceinline__ void varlen_attention(const VarlenAttentionParams& p) {
@@ -46,23 +25,8 @@ __device__ __forceinline__ void varlen_attention(const VarlenAttentionParams& p)
     const uint32_t group = p.heads / p.kv_heads;
     uint32_t seq, tile;
     if (!fa_find_tile(p.cu_seqlens_q, p.seqs, group, gridDim.x - 1 - blockIdx.x, seq, tile)) return;
-    const uint32_t q0 = p.cu_seqlens_q[seq], q_len = p.cu_seqlens_q[seq + 1] - q0;
-    const uint32_t k0 = p.cu_seqlens_k[seq], k1 = p.cu_seqlens_k[seq + 1];
-    const bool keys_ok = k1 >= k0 && k1 <= p.tk;
-    FaPrefillJob job;
-    job.q = p.q;
-    job.out = p.out;
-    job.q_row0 = q0;
-    job.q_len = q0 >= p.tq ? 0 : min(q_len, p.tq - q0);
-    job.kv_len = keys_ok ? k1 - k0 : 0;
-    job.first = tile * FA_BLOCK_M;
-    job.heads = p.heads;
-    job.group = group;
-    job.kv_head = blockIdx.y;
-    job.d = p.head_dim;
-    job.scale_log2 = p.scale * FA_LOG2E;
-    job.causal = p.causal != 0;
-    job.poison = !keys_ok || job.q_len != q_len || (job.causal && q_len > job.kv_len);
+    uint32_t k0;
+    const FaPrefillJob job = varlen_prefill_job(p, seq, tile, k0);
     const uint32_t kv_heads = p.kv_heads, kvh = blockIdx.y, d = p.head_dim;
     auto kv_off = [=](uint32_t j) -> long long {
         return (long long)((uint64_t(k0 + j) * kv_heads + kvh) * d);

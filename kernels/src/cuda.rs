@@ -113,6 +113,14 @@ pub const HOT_KERNELS: &[&str] = &[
     "kiln_varlen_attention_d80",
     "kiln_varlen_attention_d96",
     "kiln_varlen_attention_d128",
+    "kiln_attn_wgmma_paged_bf16_d64",
+    "kiln_attn_wgmma_paged_bf16_d80",
+    "kiln_attn_wgmma_paged_bf16_d96",
+    "kiln_attn_wgmma_paged_bf16_d128",
+    "kiln_attn_wgmma_varlen_d64",
+    "kiln_attn_wgmma_varlen_d80",
+    "kiln_attn_wgmma_varlen_d96",
+    "kiln_attn_wgmma_varlen_d128",
 ];
 
 /// `include_bytes!` gives 1-byte alignment; the driver wants the fatbin header aligned.

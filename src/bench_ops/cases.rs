@@ -269,8 +269,9 @@ pub fn specs(name: &str, size: Size) -> Vec<Spec> {
 }
 
 /// Paged attention at a Llama-3.1-8B-like shape (32 heads, 8 kv heads, head_dim 128, block 16,
-/// bf16 cache): decode of batch 1 and 32 at context 4096 (the split-KV decode kernel), and a
-/// causal prefill of 2048 tokens (the flash-attention kernel).
+/// bf16 cache): decode of batch 1 and 32 at context 4096 (the split-KV decode kernel), and
+/// causal prefills of 2048 tokens and of 1k / 4k / 16k (the flash-attention kernels; the
+/// attention variants are compared on these, `--attn-variants`).
 fn paged_specs(large: bool) -> Vec<Spec> {
     let (heads, kv_heads, d, bs) = if large {
         (32, 8, 128, 16)
@@ -279,7 +280,14 @@ fn paged_specs(large: bool) -> Vec<Spec> {
     };
     let shapes: &[(usize, usize, usize)] = if large {
         // (sequences, query rows each, context)
-        &[(1, 1, 4096), (32, 1, 4096), (1, 2048, 2048)]
+        &[
+            (1, 1, 4096),
+            (32, 1, 4096),
+            (1, 2048, 2048),
+            (1, 1024, 1024),
+            (1, 4096, 4096),
+            (1, 16384, 16384),
+        ]
     } else {
         &[(1, 1, 256), (4, 1, 256), (1, 128, 128)]
     };

@@ -95,7 +95,7 @@ fn paged(
 /// the general kernel, prefill, chunked prefill and prefix hits (q_len < context), mixed
 /// batches; GQA 1, 3, 4, 8 and 32 (two decode head chunks); head_dim 64, 80, 96, 128 and ones
 /// below a tile (72, 40) or not a multiple of 16 bytes (33, the scalar path); block size 16,
-/// 1 and 4; f32 and bf16 caches.
+/// 1 and 4; f32 and bf16 caches; then `prefill_variant_specs`.
 pub fn paged_specs() -> Vec<PagedSpec> {
     use DType::{BF16 as B, F32 as F};
     let d1 = |c: usize| (1, c);
@@ -176,6 +176,53 @@ pub fn paged_specs() -> Vec<PagedSpec> {
         paged((10, 5, 72), 16, B, true, false, &[(10, 30), (1, 8)]),
         paged((32, 8, 128), 16, B, true, false, &[(512, 1536)]),
     ]
+    .into_iter()
+    .chain(prefill_variant_specs())
+    .collect()
+}
+
+/// Lengths at and around the 64-row / 64-key tile edges, each a full prefill (q_len = ctx).
+const EDGES: [usize; 9] = [1, 31, 32, 33, 64, 65, 127, 128, 129];
+
+/// For the prefill kernels under every attention variant (the suite runs each non-decode case
+/// as `attn=mma` and, on an H100, `attn=wgmma`): one batch of every edge length plus two
+/// prefix hits (q_len < ctx) per head_dim 64 / 128, GQA 1 / 4 / 8, causal or not, on a bf16
+/// cache; then large batches (1024 new tokens, a 1500-token context, 700 x 700 non-causal).
+fn prefill_variant_specs() -> Vec<PagedSpec> {
+    let mut seqs: Vec<(usize, usize)> = EDGES.iter().map(|&n| (n, n)).collect();
+    seqs.extend([(17, 300), (64, 129)]);
+    let mut v = Vec::new();
+    for d in [64, 128] {
+        for (heads, kv_heads) in [(8, 8), (16, 4), (32, 4)] {
+            for causal in [true, false] {
+                v.push(paged(
+                    (heads, kv_heads, d),
+                    16,
+                    DType::BF16,
+                    causal,
+                    false,
+                    &seqs,
+                ));
+            }
+        }
+    }
+    v.push(paged(
+        (16, 2, 128),
+        16,
+        DType::BF16,
+        true,
+        false,
+        &[(1024, 1024), (300, 1500)],
+    ));
+    v.push(paged(
+        (16, 4, 128),
+        16,
+        DType::BF16,
+        false,
+        false,
+        &[(700, 700)],
+    ));
+    v
 }
 
 /// The inputs of one paged batch: q, both caches (NaN outside the contexts), block tables
@@ -275,6 +322,12 @@ pub fn varlen_specs() -> Vec<VarlenSpec> {
         v((4, 4, 33), false, &[(9, 12)]),
         v((4, 2, 64), false, &[(0, 5), (5, 0), (3, 3)]),
         v((16, 16, 64), false, &[(257, 257); 8]),
+        // Every tile edge, GQA 1 / 4 / 8, causal or not (also run as attn=wgmma on an H100).
+        v((8, 8, 64), false, &EDGES.map(|n| (n, n))),
+        v((16, 4, 128), true, &EDGES.map(|n| (n, n))),
+        v((32, 4, 128), false, &EDGES.map(|n| (n, n + 7))),
+        v((32, 4, 96), true, &[(129, 200), (1, 1), (64, 64)]),
+        v((16, 2, 80), false, &[(65, 300), (33, 1)]),
     ]
 }
 

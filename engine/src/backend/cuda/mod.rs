@@ -27,6 +27,10 @@ pub use alloc::{set_guard_bytes, AllocStats, CudaBuffer, GUARD_SENTINEL};
 pub use graph::{capture, with_pool, CudaGraph, GraphPool};
 pub use launch::set_sync_launches;
 pub use ops_matmul::{gemm_variant, gemm_variants, set_gemm_variant, GemmVariant};
+pub use ops_paged::{
+    attn_variant, attn_variants, attn_wgmma_unavailable, set_attn_variant, AttnVariant,
+    AUTO_USES_WGMMA,
+};
 
 use crate::backend::Device;
 use crate::dtype::DType;

@@ -5,6 +5,15 @@
 //! Only the shapes are known here: block tables, context lengths and sequence boundaries are
 //! device tensors, read by the kernels. The decode grid is sized from the widest possible
 //! context (max_blocks * block_size); splits past a sequence's end do no work.
+//!
+//! Prefill (`PagedAttention` without `decode_only`, and `VarlenAttention`) has two kernel
+//! families, chosen by [`AttnVariant`]: the environment variable `KILN_ATTN` (auto | wgmma |
+//! mma, read once) or [`set_attn_variant`]. `mma` is the mma.sync flash-attention of
+//! flash_attention.cuh (every card); `wgmma` is kernels/cuda/attention_wgmma.cu (sm_90a only,
+//! bf16 caches or dense varlen). `auto` keeps mma until the wgmma kernels have passed the
+//! equivalence suite on an H100 ([`AUTO_USES_WGMMA`] is the one switch to flip). Where wgmma
+//! was asked for but cannot run (not compute capability 9.0, an f32 cache) the mma kernel
+//! runs; [`attn_wgmma_unavailable`] says why for a device.
 
 use super::device::DeviceCtx;
 use super::launch::{launch, Shape};
@@ -13,7 +22,8 @@ use crate::dtype::DType;
 use crate::error::{shape_err, EngineError, Result};
 use crate::tensor::Tensor;
 use kiln_kernels::cuda::params as p;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Keys per K/V tile of the kernels (`FA_BLOCK_N`).
 const TILE_KEYS: usize = 64;
@@ -25,6 +35,133 @@ const DECODE_HEADS: usize = 16;
 const MAX_SPLITS: usize = 32;
 /// Threads of the attention kernels (`FA_THREADS`).
 const THREADS: u32 = 128;
+
+/// Dynamic shared memory of the wgmma prefill kernels at head_dim tile 64 and at 80..128 (Q and
+/// two stages of K and V, `WgDims::SMEM` in attention_wgmma.cu, which asserts the same numbers).
+const ATTN_WGMMA_SMEM_D64: u32 = 43_024;
+const ATTN_WGMMA_SMEM: u32 = 83_984;
+
+/// Whether `AttnVariant::Auto` runs the wgmma prefill on compute capability 9.0. Off until
+/// the wgmma kernels have passed `ops_equivalence` (every `attn=wgmma` case) on an H100 and
+/// `kiln bench-ops --attn-variants all` shows them ahead (docs/paged-attention.md).
+pub const AUTO_USES_WGMMA: bool = false;
+
+/// Which kernel family computes attention prefill (decode always runs the split-KV kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnVariant {
+    /// mma unless [`AUTO_USES_WGMMA`] (then wgmma wherever it can run).
+    Auto,
+    /// `kiln_attn_wgmma_*` (attention_wgmma.cu): wgmma, sm_90a only; bf16 paged caches and
+    /// dense varlen. Elsewhere the mma kernel runs ([`attn_wgmma_unavailable`] says why).
+    Wgmma,
+    /// `kiln_paged_prefill_*`, `kiln_varlen_attention_*`: mma.sync, every card.
+    Mma,
+}
+
+impl AttnVariant {
+    pub const ALL: [AttnVariant; 3] = [AttnVariant::Auto, AttnVariant::Wgmma, AttnVariant::Mma];
+
+    /// The name `KILN_ATTN` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnVariant::Auto => "auto",
+            AttnVariant::Wgmma => "wgmma",
+            AttnVariant::Mma => "mma",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AttnVariant> {
+        Self::ALL.into_iter().find(|v| v.name() == s)
+    }
+
+    fn index(self) -> u8 {
+        Self::ALL.iter().position(|v| *v == self).unwrap_or(0) as u8
+    }
+}
+
+/// 0: follow `KILN_ATTN`; i + 1: `AttnVariant::ALL[i]`.
+static ATTN_OVERRIDE: AtomicU8 = AtomicU8::new(0);
+static ATTN_FROM_ENV: OnceLock<std::result::Result<AttnVariant, String>> = OnceLock::new();
+
+/// Forces an attention prefill variant for later calls (`None`: back to `KILN_ATTN`, default
+/// auto).
+pub fn set_attn_variant(v: Option<AttnVariant>) {
+    ATTN_OVERRIDE.store(v.map_or(0, |v| v.index() + 1), Ordering::SeqCst);
+}
+
+/// The variant attention prefill uses now: the override, else `KILN_ATTN` (read once), else
+/// auto.
+pub fn attn_variant() -> Result<AttnVariant> {
+    match ATTN_OVERRIDE.load(Ordering::Relaxed) {
+        0 => ATTN_FROM_ENV
+            .get_or_init(|| match std::env::var("KILN_ATTN") {
+                Err(_) => Ok(AttnVariant::Auto),
+                Ok(s) if s.is_empty() => Ok(AttnVariant::Auto),
+                Ok(s) => AttnVariant::parse(&s).ok_or_else(|| {
+                    let names: Vec<&str> = AttnVariant::ALL.iter().map(|v| v.name()).collect();
+                    format!("KILN_ATTN={s:?}: expected one of {}", names.join(", "))
+                }),
+            })
+            .clone()
+            .map_err(EngineError::Device),
+        i => Ok(AttnVariant::ALL[usize::from(i - 1).min(AttnVariant::ALL.len() - 1)]),
+    }
+}
+
+fn wgmma_missing(dev: &DeviceCtx) -> Option<String> {
+    if dev.arch != 90 {
+        return Some(format!(
+            "cuda:{} ({}, sm_{}): the wgmma attention kernels need compute capability 9.0 (sm_90a); \
+             the mma.sync kernels run instead",
+            dev.ordinal, dev.name, dev.arch
+        ));
+    }
+    None
+}
+
+/// Why `cuda:ordinal` cannot run the wgmma attention kernels (None: it can).
+pub fn attn_wgmma_unavailable(ordinal: usize) -> Result<Option<String>> {
+    let dev = super::device::device(ordinal)?;
+    Ok(wgmma_missing(&dev))
+}
+
+/// The variants other than auto that run their own kernels on `cuda:ordinal` (wgmma needs
+/// compute capability 9.0).
+pub fn attn_variants(ordinal: usize) -> Result<Vec<AttnVariant>> {
+    let dev = super::device::device(ordinal)?;
+    let wgmma = wgmma_missing(&dev).is_none();
+    Ok(AttnVariant::ALL
+        .into_iter()
+        .filter(|v| *v != AttnVariant::Auto && (*v != AttnVariant::Wgmma || wgmma))
+        .collect())
+}
+
+/// Whether this prefill call runs the wgmma kernel: asked for (or auto with
+/// [`AUTO_USES_WGMMA`]), the device has it, and the call is one it serves (`servable`: a bf16
+/// cache, or dense varlen).
+fn use_wgmma(dev: &DeviceCtx, servable: bool) -> Result<bool> {
+    let want = match attn_variant()? {
+        AttnVariant::Auto => AUTO_USES_WGMMA,
+        AttnVariant::Wgmma => true,
+        AttnVariant::Mma => false,
+    };
+    Ok(want && servable && wgmma_missing(dev).is_none())
+}
+
+/// `kiln_attn_wgmma_<kind>_d<tile>`, looked up in the build's module table, and its shared
+/// memory.
+fn wgmma_kernel(kind: &str, tile: usize) -> Result<(&'static str, u32)> {
+    let want = format!("kiln_attn_wgmma_{kind}_d{tile}");
+    let name = kiln_kernels::cuda::module("attention_wgmma")
+        .and_then(|m| m.kernels.iter().copied().find(|n| *n == want))
+        .ok_or_else(|| EngineError::Device(format!("no kernel {want}")))?;
+    let smem = if tile <= 64 {
+        ATTN_WGMMA_SMEM_D64
+    } else {
+        ATTN_WGMMA_SMEM
+    };
+    Ok((name, smem))
+}
 
 /// The head_dim tiles with a kernel; any head_dim up to the largest runs in the smallest tile
 /// that holds it (zero-padded). A larger head_dim is `Unsupported` on CUDA.
@@ -190,6 +327,14 @@ pub(super) fn paged_attention(
             block: THREADS,
             shared_bytes: 0,
         };
+        if use_wgmma(&dev, cache == "bf16")? {
+            let (kernel, smem) = wgmma_kernel("paged_bf16", tile)?;
+            let shape = Shape {
+                shared_bytes: smem,
+                ..shape
+            };
+            return launch(&dev, "attention_wgmma", kernel, shape, params);
+        }
         let kernel = paged_kernel("prefill", cache, tile)?;
         return launch(&dev, OP, kernel, shape, params);
     }
@@ -272,6 +417,19 @@ pub(super) fn varlen_attention(scale: f32, causal: bool, x: &[Tensor], out: u64)
         scale,
         causal: u32::from(causal),
     };
+    if use_wgmma(&dev, true)? {
+        let (kernel, smem) = wgmma_kernel("varlen", tile)?;
+        let shape = Shape {
+            grid: (
+                u32_of(OP, "tiles", grid_x)?,
+                u32_of(OP, "kv_heads", kv_heads)?,
+                1,
+            ),
+            block: THREADS,
+            shared_bytes: smem,
+        };
+        return launch(&dev, "attention_wgmma", kernel, shape, params);
+    }
     let kernel = match tile {
         64 => "kiln_varlen_attention_d64",
         80 => "kiln_varlen_attention_d80",
@@ -292,7 +450,18 @@ pub(super) fn varlen_attention(scale: f32, causal: bool, x: &[Tensor], out: u64)
 
 #[cfg(test)]
 mod tests {
-    use super::decode_splits;
+    use super::{decode_splits, AttnVariant, AUTO_USES_WGMMA};
+
+    #[test]
+    fn attn_variant_names_round_trip() {
+        for v in AttnVariant::ALL {
+            assert_eq!(AttnVariant::parse(v.name()), Some(v));
+        }
+        assert_eq!(AttnVariant::parse("fa3"), None);
+        // auto stays on the verified mma.sync kernels until the wgmma ones pass on an H100
+        // (docs/paged-attention.md); flipping this is a reviewed decision, not a side effect.
+        assert!(!AUTO_USES_WGMMA);
+    }
 
     #[test]
     fn decode_splits_fill_the_card_and_cover_the_context() {
