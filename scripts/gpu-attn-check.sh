@@ -22,6 +22,7 @@ OUT="$1"
 mkdir -p "$OUT" || exit 2
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 B="${KILN_BUNDLE:-target/gpu-bundle}"
+B="$("$here/gpu-bundle-unpack.sh" "$B")" || { echo "cannot unpack $B/binaries.tar.xz"; exit 1; }
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 unset KILN_ALLOW_NO_GPU

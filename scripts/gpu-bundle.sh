@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on this machine (no GPU needed), what the GPU check runs on the GPU machine, which
 # has CUDA, nvcc and PyTorch but no Rust toolchain and no network (DESIGN.md, "The GPU
-# machine"). Output: target/gpu-bundle/ (git-ignored, carried with carry ["target/gpu-bundle"]):
+# machine"). Output: target/gpu-bundle/ (git-ignored, carried with carry ["target/gpu-bundle"]),
+# the binaries packed into binaries.tar.xz (scripts/gpu-bundle-unpack.sh unpacks them there):
 #   kiln               the CLI, release, --features cuda, stripped
 #   ops_equivalence    tests/ops_equivalence.rs (CPU vs CUDA), if that test exists
 #   cuda_llama         tests/cuda_llama.rs (tiny Llama models on CUDA vs transformers)
@@ -145,6 +146,18 @@ glibc="$(objdump -T "${dest}/kiln" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort 
         printf '  %10d %s %s\n' "$(stat -c %s "$f")" "$(sha256sum "$f" | cut -c1-64)" "$f"
     done)
 } >"${dest}/MANIFEST.txt"
+
+# Every binary embeds the same kernel fatbins (several MiB): one solid xz archive (its 64 MiB
+# dictionary spans the copies) holds them at about a tenth of their size. The scripts run on
+# the GPU machine unpack it with scripts/gpu-bundle-unpack.sh (python3's tarfile).
+echo "== packing the binaries into ${dest}/binaries.tar.xz (xz -9)"
+bins=()
+for f in kiln ops_equivalence cuda_llama cuda_bert kiln_kernels-lib kiln_engine-lib; do
+    [[ -f "${dest}/${f}" ]] && bins+=("${f}")
+done
+tar -C "${dest}" -cf - "${bins[@]}" | xz -9 -T1 >"${dest}/binaries.tar.xz"
+(cd "${dest}" && rm -f "${bins[@]}")
+cp scripts/gpu-bundle-unpack.sh "${dest}/"
 
 bytes="$(du -sb "${dest}" | cut -f1)"
 mib="$(awk -v b="${bytes}" 'BEGIN { printf "%.1f", b / 1048576 }')"

@@ -31,6 +31,8 @@ mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 B="${KILN_BUNDLE:-target/gpu-bundle}"
+# The bundle's binaries travel packed (binaries.tar.xz): unpack them into a scratch folder.
+B="$("$here/gpu-bundle-unpack.sh" "$B")" || { echo "FAIL bundle: cannot unpack $B/binaries.tar.xz"; exit 1; }
 PY="${PYTHON:-python3}"
 BUDGET="${KILN_CHECK_BUDGET:-470}"
 MODEL="@cf/meta/llama-3.1-8b-instruct"
