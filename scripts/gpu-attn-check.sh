@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The sm_90a wgmma attention prefill, verified and timed in one run on the GPU machine
 # (docs/paged-attention.md, "The sm_90a wgmma prefill"). Runs from the repository root with the
-# bundle of scripts/gpu-bundle.sh (carry ["target/gpu-bundle"]); about 5 minutes on an H100:
+# bundle of scripts/gpu-bundle.sh (carry ["target/gpu-bundle"]); at most 8.5 minutes (its limits):
 #
 #   scripts/gpu-attn-check.sh OUTDIR          (e.g. scripts/gpu-attn-check.sh "$OUT")
 #
