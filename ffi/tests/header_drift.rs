@@ -175,6 +175,18 @@ struct Api {
     undocumented: Vec<String>,
 }
 
+/// bindgen drops the comment of `typedef struct x x;` (an opaque handle): look for it in the
+/// header text, ending right before the typedef.
+fn opaque_typedef_documented(name: &str) -> bool {
+    let header = std::fs::read_to_string(ffi_dir().join("include/kiln.h")).unwrap();
+    let typedef = format!("typedef struct {name} {name};");
+    header.find(&typedef).is_some_and(|at| {
+        let before = header[..at].trim_end();
+        let comment = before.rfind("/*").map(|o| &before[o..]);
+        before.ends_with("*/") && comment.is_some_and(|c| c.starts_with("/**"))
+    })
+}
+
 fn int_of(e: &syn::Expr) -> i64 {
     let text = quote::quote!(#e).to_string().replace(' ', "");
     let digits: String = text.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -199,7 +211,7 @@ fn from_bindgen(code: &str) -> Api {
                 }
             }
             Item::Struct(s) => {
-                if !has_doc(&s.attrs) {
+                if !has_doc(&s.attrs) && !opaque_typedef_documented(&s.ident.to_string()) {
                     api.undocumented.push(s.ident.to_string());
                 }
                 let mut fields = Vec::new();
