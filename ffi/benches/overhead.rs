@@ -6,14 +6,14 @@
 //!
 //!   cargo bench -p kiln-ffi --bench overhead [-- ITERATIONS]
 //!
-//! The two calls alternate on one engine (same model, same warm KV cache) so that machine
-//! noise hits both alike; printed: p50/p99 of each, the difference of the p50s and p99s,
-//! and the p50/p99 of the per-pair difference (signed).
+//! The two calls alternate on one engine (same Service, same engine thread, same warm KV
+//! cache) so that machine noise hits both alike; printed: p50/p99 of each, the difference of
+//! the p50s and p99s, the p50/p99 of the per-pair difference (signed), and the work kiln_run
+//! adds (JSON parse, JSON serialization, the C string) timed alone.
 
 use kiln::{kiln_engine_close, kiln_engine_open, kiln_options, kiln_options_init, kiln_run};
 use kiln::{kiln_status, kiln_string_free};
-use kiln_models::run::service::{Prepared, Service, ServiceSettings};
-use kiln_models::serving::ServeOptions;
+use kiln_models::run::service::{Prepared, Service};
 use serde_json::{json, Value};
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
@@ -82,19 +82,9 @@ fn main() {
             kiln_status::KILN_OK
         );
     }
-    // The Rust side: a Service built from the same settings.
-    let service = Service::new(
-        ServiceSettings {
-            models: Some(tmp.clone()),
-            serve: ServeOptions {
-                kv_cache_memory: Some(64 << 20),
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .into_options()
-        .unwrap(),
-    );
+    // The Rust side: the very same Service (same engine thread, same KV cache), called
+    // directly as the server calls it.
+    let service = unsafe { kiln::engine_service(engine) };
 
     let input = json!({"prompt": "Hello", "max_tokens": 1, "temperature": 0, "raw": true});
     let input_c = CString::new(input.to_string()).unwrap();
@@ -164,7 +154,22 @@ fn main() {
         pct(0.99)
     );
 
-    service.shutdown();
+    // The work kiln_run adds, alone (no engine round trip, so little noise): parse the input
+    // text, serialize the result, copy it into a C string, free it.
+    let input_text = input.to_string();
+    let mut alone = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let v: Value = serde_json::from_str(std::hint::black_box(&input_text)).unwrap();
+        std::hint::black_box(v);
+        let out = CString::new(want.to_string()).unwrap().into_raw();
+        std::hint::black_box(out);
+        drop(unsafe { CString::from_raw(out) });
+        alone.push(t.elapsed());
+    }
+    summary("boundary work alone (JSON + C str)", alone);
+
+    drop(service);
     unsafe { kiln_engine_close(engine) };
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -736,5 +736,15 @@ pub unsafe fn engine_stats(engine: *const kiln_engine) -> Vec<(&'static str, Eng
     (*engine).service.stats()
 }
 
+/// The run-API service behind a handle (for the overhead benchmark, which calls the same
+/// service directly; not part of the C ABI).
+///
+/// # Safety
+/// `engine` is an open handle.
+#[doc(hidden)]
+pub unsafe fn engine_service(engine: *const kiln_engine) -> Arc<Service> {
+    (*engine).service.clone()
+}
+
 #[cfg(test)]
 mod tests;
