@@ -90,7 +90,7 @@ impl ServiceSettings {
         let name = self.device.as_deref().unwrap_or("cpu");
         let device = match Device::parse(name) {
             Ok(d) => d,
-            Err(e) => return bad(format!("device {name:?}: {e}")),
+            Err(e) => return bad(e.to_string()),
         };
         if !device.is_available() {
             return bad(format!("device {name}: not available on this machine"));
