@@ -13,6 +13,10 @@ scripts/fetch-models.sh
 echo "== installing the CUDA compiler from PyPI (scripts/install-cuda-toolchain.sh)"
 scripts/install-cuda-toolchain.sh
 
+echo "== installing libclang from PyPI for the C header drift test (scripts/install-libclang.sh)"
+LIBCLANG_PATH="$(scripts/install-libclang.sh)"
+export LIBCLANG_PATH
+
 echo "== formatting"
 cargo fmt --all -- --check
 
@@ -20,7 +24,7 @@ echo "== clippy (CPU build, then with the CUDA backend)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy --workspace --all-targets --features cuda --quiet -- -D warnings
 
-echo "== tests (CPU build)"
+echo "== tests (CPU build; includes the C API's: ffi/tests, which compile and run ffi/examples/*.c)"
 cargo test --workspace --quiet
 
 echo "== tests with the CUDA backend compiled in (no GPU here: device tests skip loudly)"

@@ -1,10 +1,8 @@
 //! `kiln serve`: the Workers AI run API (and OpenAI-compatible routes) over HTTP.
 
-use crate::load::resolve_options;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use kiln_engine::{DType, Device};
-use kiln_models::run::service::{Service, ServiceOptions};
+use kiln_models::run::service::{Service, ServiceSettings};
 use kiln_models::serving::ServeOptions;
 use kiln_server::{Server, ServerConfig};
 use std::path::PathBuf;
@@ -17,7 +15,8 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8787)]
     pub port: u16,
-    /// models.toml mapping catalog names to weight paths.
+    /// models.toml mapping catalog names to weight paths, or a directory laid out like
+    /// $KILN_HOME (models.toml, models/<name>/).
     #[arg(long)]
     pub models: Option<PathBuf>,
     /// cpu or cuda[:N].
@@ -68,24 +67,10 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
-    let device = Device::parse(&args.device)?;
-    if !device.is_available() {
-        bail!("--device {}: not available on this machine", args.device);
-    }
-    let dtype = match &args.dtype {
-        None => None,
-        Some(s) => Some(
-            DType::parse_float(s)
-                .with_context(|| format!("--dtype {s:?}: expected f32, bf16 or f16"))?,
-        ),
-    };
-    if args.block_size == 0 || args.max_seqs == 0 || args.max_batched_tokens == 0 {
-        bail!("--block-size, --max-seqs and --max-batched-tokens must be at least 1");
-    }
-    let service = Arc::new(Service::new(ServiceOptions {
-        resolve: resolve_options(args.models.clone()),
-        device,
-        dtype,
+    let options = ServiceSettings {
+        models: args.models.clone(),
+        device: Some(args.device.clone()),
+        dtype: args.dtype.clone(),
         strict: args.strict,
         random_weights: args.random_weights,
         serve: ServeOptions {
@@ -98,7 +83,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             cuda_graphs: args.no_cuda_graphs.then_some(false),
             kv_dtype: args.kv_cache_dtype.0,
         },
-    }));
+    }
+    .into_options()
+    .map_err(|e| anyhow!("{}", e.message))?;
+    let service = Arc::new(Service::new(options));
     for (name, r) in service.preload() {
         match r {
             Ok(()) => eprintln!("kiln: serving {name}"),

@@ -190,12 +190,35 @@ impl RequestHandle {
         }
     }
 
+    /// A handle that cancels this request from any thread: the engine frees its pages and
+    /// this handle's events end (`None`) without a final event.
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            id: self.id,
+            engine: self.engine.clone(),
+        }
+    }
+
     /// Stops the request now; its pages are freed by the engine thread.
     pub fn cancel(&mut self) {
         if !self.finished {
             self.engine.inner.send(Command::Cancel(self.id));
             self.finished = true;
         }
+    }
+}
+
+/// Cancels one request from any thread (see [`RequestHandle::canceller`]); cancelling a
+/// request that has finished does nothing.
+#[derive(Clone)]
+pub struct Canceller {
+    id: u64,
+    engine: Engine,
+}
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.engine.inner.send(Command::Cancel(self.id));
     }
 }
 

@@ -171,6 +171,30 @@ fn dropping_a_handle_cancels_and_frees_pages() {
 }
 
 #[test]
+fn a_canceller_stops_a_request_from_another_thread() {
+    let e = engine(16, 4, 4, 5);
+    let mut h = e.submit(request(vec![1, 2, 3, 4, 5], 50, &[])).unwrap();
+    let c = h.canceller();
+    assert!(matches!(h.next_blocking(), Some(Event::Token(6))));
+    std::thread::spawn(move || c.cancel()).join().unwrap();
+    // The blocked owner's events end without a final event, well before 50 tokens.
+    let mut n = 1;
+    while let Some(ev) = h.next_blocking() {
+        assert!(matches!(ev, Event::Token(_)), "no final event after cancel");
+        n += 1;
+    }
+    assert!(n < 50, "{n} tokens after cancel");
+    for _ in 0..200 {
+        let s = e.stats();
+        if s.in_flight == 0 && s.scheduler.kv_blocks_free == 16 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("cancelled request still holds pages: {:?}", e.stats());
+}
+
+#[test]
 fn bad_requests_are_refused_with_a_reason() {
     let e = engine(4, 4, 4, 0);
     let err = |r| match e.submit(r) {

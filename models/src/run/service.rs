@@ -23,6 +23,7 @@ use kiln_engine::engine_thread::{EngineStats, LogitsProcessor};
 use kiln_engine::{DType, Device};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]
@@ -45,6 +46,77 @@ impl Default for ServiceOptions {
             random_weights: false,
             serve: ServeOptions::default(),
         }
+    }
+}
+
+/// What the server's command line and the C ABI's `kiln_options` both give, checked and
+/// turned into [`ServiceOptions`] in one place.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSettings {
+    /// A models.toml (`[models."<name>"] path = ...`), or a directory laid out like
+    /// `$KILN_HOME` (an optional `models.toml` and `models/<name>/`). `None`: the environment
+    /// (`KILN_HOME`, the HF hub cache).
+    pub models: Option<PathBuf>,
+    /// `cpu` (also when `None`) or `cuda[:N]`.
+    pub device: Option<String>,
+    /// `f32`, `bf16` or `f16`; `None`: as stored.
+    pub dtype: Option<String>,
+    pub strict: bool,
+    pub random_weights: bool,
+    /// KV-cache bytes, batching and queue limits.
+    pub serve: ServeOptions,
+}
+
+impl ServiceSettings {
+    /// Checks every setting (the error names it) and builds the options.
+    pub fn into_options(self) -> Result<ServiceOptions, RunError> {
+        let bad = |m: String| Err(RunError::bad_input(m));
+        let mut resolve = ResolveOptions::from_env();
+        if let Some(path) = self.models {
+            if path.is_dir() {
+                let toml = path.join("models.toml");
+                resolve.models_file = toml.is_file().then_some(toml);
+                resolve.kiln_home = path;
+            } else if path.is_file() {
+                resolve.models_file = Some(path);
+            } else {
+                return bad(format!(
+                    "models: {}: no such file or directory (expected a models.toml or a \
+                     directory laid out like $KILN_HOME)",
+                    path.display()
+                ));
+            }
+        }
+        let name = self.device.as_deref().unwrap_or("cpu");
+        let device = match Device::parse(name) {
+            Ok(d) => d,
+            Err(e) => return bad(e.to_string()),
+        };
+        if !device.is_available() {
+            return bad(format!("device {name}: not available on this machine"));
+        }
+        let dtype = match self.dtype.as_deref() {
+            None => None,
+            Some(s) => match DType::parse_float(s) {
+                Some(d) => Some(d),
+                None => return bad(format!("dtype {s:?}: expected f32, bf16 or f16")),
+            },
+        };
+        let sv = &self.serve;
+        if sv.block_size == 0 || sv.max_seqs == 0 || sv.max_batched_tokens == 0 {
+            return bad("block size, max seqs and max batched tokens must be at least 1".into());
+        }
+        if sv.kv_cache_memory == Some(0) {
+            return bad("kv cache memory must be more than 0 bytes".into());
+        }
+        Ok(ServiceOptions {
+            resolve,
+            device,
+            dtype,
+            strict: self.strict,
+            random_weights: self.random_weights,
+            serve: self.serve,
+        })
     }
 }
 

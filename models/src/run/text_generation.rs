@@ -8,7 +8,8 @@ use crate::chat_template::ChatMessage;
 use crate::detok::IncrementalDecoder;
 use crate::text::{Prompt, TextModel};
 use kiln_engine::engine_thread::{
-    Engine, Event, FinishReason, GenerateRequest, LogitsProcessor, RequestHandle, SubmitError,
+    Canceller, Engine, Event, FinishReason, GenerateRequest, LogitsProcessor, RequestHandle,
+    SubmitError,
 };
 use kiln_engine::sampler::SamplingParams;
 use serde_json::{json, Value};
@@ -343,6 +344,12 @@ impl TextJob {
         self.handle.cancel();
         self.ended = true;
         self.ready.clear();
+    }
+
+    /// Cancels this job from another thread: its events end early (`next_blocking` then
+    /// yields an error, since no final event arrives).
+    pub fn canceller(&self) -> Canceller {
+        self.handle.canceller()
     }
 
     pub fn prompt_tokens(&self) -> usize {
