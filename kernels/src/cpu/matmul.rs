@@ -21,6 +21,8 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+#[path = "matmul_packed.rs"]
+mod packed;
 #[path = "matmul_quant.rs"]
 mod quant;
 
@@ -276,6 +278,10 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
         out[..m * n].fill(0.0);
         return;
     }
+    if use_packed(m, isa) {
+        packed::run(x, &packed::Dense(w, k), out, p, isa);
+        return;
+    }
     let blocked = m >= MR;
     // Rows of w per task: a multiple of the tile width so only the last block has an edge.
     let nr = if blocked { NR } else { NR_GEMV };
@@ -320,6 +326,20 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
     } else {
         (0..blocks).for_each(task);
     }
+}
+
+/// Rows of x from which the packed GEMM (`matmul_packed.rs`) runs instead of the 4×3 tiles.
+const PACKED_MIN_M: usize = 4;
+
+/// Whether a call with `m` rows takes the packed path (AVX2 only: the portable fallback keeps
+/// the simple tiles).
+fn use_packed(m: usize, isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        return m >= PACKED_MIN_M && std::env::var_os("KILN_NO_PACKED").is_none();
+    }
+    let _ = (m, isa);
+    false
 }
 
 /// A block of weight rows: as stored, or widened to f32.
