@@ -59,6 +59,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionP
     }
     let group = num_heads / num_kv_heads;
     let kv_stride = num_kv_heads * d;
+    #[cfg(target_arch = "x86_64")]
+    let fast =
+        d.is_multiple_of(8) && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     let item = |idx: usize, o: &mut [f32]| {
         let (t, h) = (idx / num_heads, idx % num_heads);
         let kvh = h / group;
@@ -78,6 +81,17 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionP
                 s.resize(seen, 0.0);
             }
             let scores = &mut s[..seen];
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: AVX2 and FMA are available (`fast`); rows 0..seen of k and v hold
+                // kv head kvh at kvh·d..(kvh + 1)·d (sizes asserted above).
+                unsafe {
+                    avx2::scores(qv, k, kv_stride, kvh * d, scale, scores);
+                    softmax_in_place(scores);
+                    avx2::weighted_sum(scores, v, kv_stride, kvh * d, o);
+                }
+                return;
+            }
             for (j, sc) in scores.iter_mut().enumerate() {
                 let kj = &k[j * kv_stride + kvh * d..][..d];
                 *sc = dot(qv, kj) * scale;
@@ -105,10 +119,215 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionP
     }
 }
 
+/// The same scores and weighted sum as `vecops::dot` / `vecops::axpy`, operation for operation
+/// (so bit for bit), for head_dim a multiple of 8: eight keys' dot products at a time with one
+/// transposed lane reduction instead of eight, and the output row kept in registers across
+/// all keys instead of loaded and stored per key.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// `dot_avx2`'s accumulation before its lane sum: chunks 0, 2, 4... in one accumulator,
+    /// 1, 3, 5... in the other, an odd last chunk in the first, then their sum.
+    #[inline(always)]
+    unsafe fn dot_lanes(q: *const f32, k: *const f32, d: usize) -> __m256 {
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= d {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(k.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(q.add(i + 8)),
+                _mm256_loadu_ps(k.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= d {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(k.add(i)), acc0);
+        }
+        _mm256_add_ps(acc0, acc1)
+    }
+
+    /// Lane j of the result is `hsum(v[j])`, with `hsum`'s association
+    /// ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+    #[inline(always)]
+    unsafe fn hsum8(v: &[__m256; 8]) -> __m256 {
+        // [quad(vA) | quad(vB)], quad = (l0+l4, l1+l5, l2+l6, l3+l7).
+        let quad = |a: __m256, b: __m256| {
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(a, b),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            )
+        };
+        let (q04, q15, q26, q37) = (
+            quad(v[0], v[4]),
+            quad(v[1], v[5]),
+            quad(v[2], v[6]),
+            quad(v[3], v[7]),
+        );
+        // [p0, p1] per vector, p0 = (l0+l4)+(l2+l6), p1 = (l1+l5)+(l3+l7).
+        let pair = |a: __m256, b: __m256| {
+            _mm256_add_ps(
+                _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
+                _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
+            )
+        };
+        let (p01, p23) = (pair(q04, q15), pair(q26, q37));
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0b10_00_10_00>(p01, p23),
+            _mm256_shuffle_ps::<0b11_01_11_01>(p01, p23),
+        )
+    }
+
+    /// `scores[j] = dot(q, k_j) * scale`, k_j at `k[j * stride + off..][..q.len()]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `q.len()` a multiple of 8; k holds `scores.len()` rows of `stride`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(
+        q: &[f32],
+        k: &[f32],
+        stride: usize,
+        off: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let d = q.len();
+        let n = scores.len();
+        debug_assert!(n == 0 || k.len() >= (n - 1) * stride + off + d);
+        let (qp, kp, sp) = (q.as_ptr(), k.as_ptr().add(off), scores.as_mut_ptr());
+        let sc = _mm256_set1_ps(scale);
+        let mut j = 0;
+        while j + 8 <= n {
+            let mut v = [_mm256_setzero_ps(); 8];
+            for (t, vt) in v.iter_mut().enumerate() {
+                *vt = dot_lanes(qp, kp.add((j + t) * stride), d);
+            }
+            _mm256_storeu_ps(sp.add(j), _mm256_mul_ps(hsum8(&v), sc));
+            j += 8;
+        }
+        while j < n {
+            let v = dot_lanes(qp, kp.add(j * stride), d);
+            *sp.add(j) = crate::cpu::vecops::hsum(v) * scale;
+            j += 1;
+        }
+    }
+
+    /// Columns `c0..c0 + 8·C` of `o = Σ_j p[j] · v_j` (o zero on entry), one fused
+    /// multiply-add per key and element in key order, as `axpy` does.
+    #[inline(always)]
+    unsafe fn wsum<const C: usize>(p: &[f32], v: *const f32, stride: usize, o: *mut f32) {
+        let mut acc = [_mm256_setzero_ps(); C];
+        for (j, &pj) in p.iter().enumerate() {
+            let b = _mm256_set1_ps(pj);
+            let vj = v.add(j * stride);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(b, _mm256_loadu_ps(vj.add(8 * c)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(o.add(8 * c), *a);
+        }
+    }
+
+    /// `o = Σ_j p[j] · v_j` over `p.len()` rows, v_j at `v[j * stride + off..][..o.len()]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `o.len()` a multiple of 8; v holds `p.len()` rows of `stride`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_sum(
+        p: &[f32],
+        v: &[f32],
+        stride: usize,
+        off: usize,
+        o: &mut [f32],
+    ) {
+        let d = o.len();
+        debug_assert!(p.is_empty() || v.len() >= (p.len() - 1) * stride + off + d);
+        let (vp, op) = (v.as_ptr().add(off), o.as_mut_ptr());
+        let mut c = 0;
+        while c + 64 <= d {
+            wsum::<8>(p, vp.add(c), stride, op.add(c));
+            c += 64;
+        }
+        if c + 32 <= d {
+            wsum::<4>(p, vp.add(c), stride, op.add(c));
+            c += 32;
+        }
+        if c + 16 <= d {
+            wsum::<2>(p, vp.add(c), stride, op.add(c));
+            c += 16;
+        }
+        if c + 8 <= d {
+            wsum::<1>(p, vp.add(c), stride, op.add(c));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::testutil::{assert_close, seed, Rng};
+
+    /// The AVX2 path (scores eight keys at a time, output row in registers) computes exactly
+    /// the per-key `dot` / `axpy` loop: compared bit for bit on odd sizes, GQA, both masks.
+    #[test]
+    fn fast_path_equals_dot_axpy_loop_bitwise() {
+        let s = seed(0xa77e_0003);
+        let mut rng = Rng::new(s);
+        for &d in &[8, 16, 24, 32, 40, 64, 72, 128, 136] {
+            for &(q_len, kv_len) in &[(1, 1), (3, 7), (8, 8), (9, 9), (5, 33), (17, 100)] {
+                for causal in [false, true] {
+                    let (num_heads, num_kv_heads) = (4, 2);
+                    let p = AttentionParams {
+                        q_len,
+                        kv_len,
+                        num_heads,
+                        num_kv_heads,
+                        head_dim: d,
+                        scale: 1.0 / (d as f32).sqrt(),
+                        causal,
+                    };
+                    let q = rng.vec(q_len * num_heads * d);
+                    let k = rng.vec(kv_len * num_kv_heads * d);
+                    let v = rng.vec(kv_len * num_kv_heads * d);
+                    let mut got = vec![f32::NAN; q.len()];
+                    attention(&q, &k, &v, &mut got, p);
+                    let mut want = vec![0f32; q.len()];
+                    for t in 0..q_len {
+                        for h in 0..num_heads {
+                            let kvh = h / (num_heads / num_kv_heads);
+                            let seen = if causal {
+                                visible(t, q_len, kv_len)
+                            } else {
+                                kv_len
+                            };
+                            let qv = &q[(t * num_heads + h) * d..][..d];
+                            let mut sc: Vec<f32> = (0..seen)
+                                .map(|j| dot(qv, &k[(j * num_kv_heads + kvh) * d..][..d]) * p.scale)
+                                .collect();
+                            if seen > 0 {
+                                softmax_in_place(&mut sc);
+                            }
+                            let o = &mut want[(t * num_heads + h) * d..][..d];
+                            for (j, &pj) in sc.iter().enumerate() {
+                                axpy(o, pj, &v[(j * num_kv_heads + kvh) * d..][..d]);
+                            }
+                        }
+                    }
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "d={d} q_len={q_len} kv_len={kv_len} causal={causal} (seed {s:#x})"
+                    );
+                }
+            }
+        }
+    }
 
     fn reference(q: &[f32], k: &[f32], v: &[f32], p: AttentionParams) -> Vec<f64> {
         let d = p.head_dim;
