@@ -1,7 +1,6 @@
 //! `matmul` for GGML block-quantized weights (Q8_0, Q4_0, Q4_1); a child module of `matmul`.
 //!
-//! M >= 4 (prefill) with AVX2: the packed GEMM of `matmul_packed.rs`, each weight row
-//! dequantized exactly while its panel is packed. Without AVX2: each block of weight rows is dequantized exactly (as `dequantize_row`) into
+//! M >= 4 (prefill): each block of weight rows is dequantized exactly (as `dequantize_row`) into
 //! the per-thread f32 scratch and handed to the f32 register-tile path of `matmul`, so results
 //! equal `matmul` with F32 weights on the dequantized matrix, bit for bit.
 //!
@@ -42,16 +41,6 @@ pub(super) fn run(
         out[..m * n].fill(0.0);
         return;
     }
-    if super::use_packed(m, isa) {
-        let rows = QuantRows {
-            format,
-            bytes,
-            rb: format.row_bytes(k),
-            isa,
-        };
-        super::packed::run(x, &rows, out, p, isa);
-        return;
-    }
     if m >= MR {
         prefill(x, format, bytes, out, p, isa);
         return;
@@ -60,29 +49,6 @@ pub(super) fn run(
         QuantFormat::Q8_0 => gemv::<Q8_0>(x, bytes, out, p, isa),
         QuantFormat::Q4_0 => gemv::<Q4_0>(x, bytes, out, p, isa),
         QuantFormat::Q4_1 => gemv::<Q4_1>(x, bytes, out, p, isa),
-    }
-}
-
-/// Weight rows for the packed GEMM: each dequantized exactly (as `dequantize_row`) while its
-/// panel is packed, so the result equals the f32 path on the dequantized matrix bit for bit.
-struct QuantRows<'a> {
-    format: QuantFormat,
-    bytes: &'a [u8],
-    rb: usize,
-    isa: Isa,
-}
-
-impl super::packed::RowSource for QuantRows<'_> {
-    fn row(&self, r: usize, dst: &mut [f32]) {
-        dequantize_row_with(
-            self.format,
-            &self.bytes[r * self.rb..(r + 1) * self.rb],
-            dst,
-            self.isa,
-        );
-    }
-    fn f32_row(&self, _: usize) -> Option<&[f32]> {
-        None
     }
 }
 

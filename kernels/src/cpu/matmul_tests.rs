@@ -268,7 +268,8 @@ fn weight_name(w: &WeightSlice<'_>) -> &'static str {
     }
 }
 
-/// Sizes around the packed GEMM's tile edges (6 rows, 16 columns, 8-element lanes).
+/// Sizes around register-tile and lane edges (4×3 and 1×8 tiles, 8-element lanes, and the
+/// 6×16 tiles of a packed GEMM that was tried and measured slower, see docs/BENCHMARKS.md).
 const EDGE_SIZES: &[usize] = &[1, 5, 6, 7, 15, 16, 17, 31, 33, 255, 257];
 
 /// Checks `out` against the f64 product element by element: |got - want| <= 1e-5 · sqrt(k)
@@ -295,10 +296,10 @@ fn check_bound(out: &[f32], x: &[f32], w: &[f32], p: MatmulParams, extra: &[f64]
     }
 }
 
-/// The packed GEMM (every M >= 4 on AVX2) against the f64 reference and bit for bit against
-/// the portable path, on every combination of edge sizes and every float weight dtype.
+/// Every combination of edge sizes and every float weight dtype against the f64 reference
+/// and bit for bit against the portable path.
 #[test]
-fn packed_gemm_edge_shapes_all_dtypes() {
+fn edge_shapes_all_dtypes() {
     let s = seed(0x5eed_0006);
     eprintln!("seed {s:#x}");
     let mut rng = Rng::new(s);
@@ -331,7 +332,7 @@ fn packed_gemm_edge_shapes_all_dtypes() {
                         .iter()
                         .zip(&port)
                         .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{case}: packed/SIMD != portable");
+                    assert!(same, "{case}: SIMD != portable");
                     if m * n * k <= 1 << 22 {
                         check_bound(&out, &x, wr, p, &vec![0.0; m * n], &case);
                     }
@@ -341,40 +342,10 @@ fn packed_gemm_edge_shapes_all_dtypes() {
     }
 }
 
-/// The packing and the tile order checked on any CPU: the packed driver with the portable
-/// tile equals the portable dot products bit for bit.
-#[test]
-fn packed_driver_with_portable_tile_equals_portable() {
-    let s = seed(0x5eed_0007);
-    let mut rng = Rng::new(s);
-    for &(m, n, k) in &[
-        (7, 33, 17),
-        (13, 40, 8),
-        (6, 16, 3),
-        (100, 257, 255),
-        (250, 300, 600),
-    ] {
-        let p = MatmulParams { m, n, k };
-        let x = rng.vec(m * k);
-        let wf = rng.vec(n * k);
-        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
-        let mut got = vec![f32::NAN; m * n];
-        packed::run(&x, &packed::Dense(&wb[..], k), &mut got, p, Isa::Portable);
-        let mut want = vec![f32::NAN; m * n];
-        matmul_with(&x, WeightSlice::BF16(&wb), &mut want, p, Isa::Portable);
-        let same = got
-            .iter()
-            .zip(&want)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "m={m} n={n} k={k} (seed {s:#x})");
-    }
-}
-
-/// Large shapes (BERT FFN-like) and the linear epilogues through the packed path, for float
-/// and quantized weights: bias then residual, within the f64 bound, NaN fails; quantized
+/// Large shapes (BERT-like) and the linear epilogues, for float and quantized weights: bias then residual, within the f64 bound, NaN fails; quantized
 /// weights equal the f32 path on the dequantized matrix bit for bit.
 #[test]
-fn packed_gemm_large_and_epilogues() {
+fn large_shapes_and_epilogues() {
     use crate::cpu::quant::dequantize_row;
     use crate::cpu::quant::tests::{random_blocks, FORMATS};
     let s = seed(0x5eed_0008);
