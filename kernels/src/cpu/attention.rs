@@ -360,12 +360,12 @@ mod avx2 {
                 }
             }
         }
-        for c in 0..C {
-            _mm256_storeu_ps(o0.add(8 * c), a0[c]);
+        for (c, a) in a0.iter().enumerate() {
+            _mm256_storeu_ps(o0.add(8 * c), *a);
         }
         if o1 != o0 {
-            for c in 0..C {
-                _mm256_storeu_ps(o1.add(8 * c), a1[c]);
+            for (c, a) in a1.iter().enumerate() {
+                _mm256_storeu_ps(o1.add(8 * c), *a);
             }
         }
     }

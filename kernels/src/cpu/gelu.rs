@@ -189,9 +189,10 @@ mod avx2 {
         );
         let one = _mm256_set1_ps(1.0);
         let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.5), a, one));
+        // `erf_fast`'s coefficients (f64), rounded to f32.
         let mut q = _mm256_set1_ps(0.170_872_77);
         for c in [
-            -0.822_152_23,
+            -0.822_152_23f64,
             1.488_515_87,
             -1.135_203_98,
             0.278_868_07,
@@ -201,7 +202,7 @@ mod avx2 {
             1.000_023_68,
             -1.265_512_23,
         ] {
-            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(c));
+            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(c as f32));
         }
         let erfc = _mm256_mul_ps(t, exp8(_mm256_fnmadd_ps(a, a, q)));
         let big = _mm256_blendv_ps(
