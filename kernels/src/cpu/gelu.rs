@@ -125,23 +125,24 @@ fn map_gelu_erf<T: Act>(x: &[T], out: &mut [T]) {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             assert_eq!(x.len(), out.len(), "gelu: length mismatch");
             let run = |x: &[T], o: &mut [T]| {
-                let mut xs = [0f32; 8];
-                let mut ys = [0f32; 8];
-                let full = x.len() - x.len() % 8;
-                let (o, ot) = o.split_at_mut(full);
-                let xt = &x[full..];
-                for (xb, ob) in x.chunks_exact(8).zip(o.chunks_exact_mut(8)) {
+                // Blocks of 256 through an f32 buffer (the arithmetic is f32 for every
+                // storage type), the vector loop over whole blocks of eight.
+                let mut xs = [0f32; 256];
+                let mut ys = [0f32; 256];
+                for (xb, ob) in x.chunks(256).zip(o.chunks_mut(256)) {
+                    let len = xb.len();
                     for (d, s) in xs.iter_mut().zip(xb) {
                         *d = s.to_f32();
                     }
+                    let full = len - len % 8;
                     // SAFETY: AVX2 and FMA are available (checked above).
-                    unsafe { avx2::gelu_erf8(&xs, &mut ys) };
-                    for (d, &s) in ob.iter_mut().zip(&ys) {
+                    unsafe { avx2::gelu_erf_slice(&xs[..full], &mut ys[..full]) };
+                    for (y, &x) in ys[full..len].iter_mut().zip(&xs[full..len]) {
+                        *y = gelu_erf(x);
+                    }
+                    for (d, &s) in ob.iter_mut().zip(&ys[..len]) {
                         *d = T::from_f32(s);
                     }
-                }
-                for (o, &x) in ot.iter_mut().zip(xt) {
-                    *o = T::from_f32(gelu_erf(x.to_f32()));
                 }
             };
             if out.len() <= PAR_CHUNK {
@@ -219,22 +220,25 @@ mod avx2 {
         _mm256_or_ps(r, sign)
     }
 
-    /// `ys[i] = x · 0.5 · (1 + erf(x / √2))` for eight values (the scalar association).
+    /// `ys[i] = x · 0.5 · (1 + erf(x / √2))` (the scalar association), eight values at a time.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available.
+    /// AVX2 and FMA must be available; both slices hold the same multiple of 8 values.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gelu_erf8(xs: &[f32; 8], ys: &mut [f32; 8]) {
-        let x = _mm256_loadu_ps(xs.as_ptr());
-        let e = erf8(_mm256_mul_ps(
-            x,
-            _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
-        ));
-        let y = _mm256_mul_ps(
-            _mm256_mul_ps(x, _mm256_set1_ps(0.5)),
-            _mm256_add_ps(_mm256_set1_ps(1.0), e),
-        );
-        _mm256_storeu_ps(ys.as_mut_ptr(), y);
+    pub(super) unsafe fn gelu_erf_slice(xs: &[f32], ys: &mut [f32]) {
+        debug_assert!(xs.len() == ys.len() && xs.len().is_multiple_of(8));
+        for (xb, yb) in xs.chunks_exact(8).zip(ys.chunks_exact_mut(8)) {
+            let x = _mm256_loadu_ps(xb.as_ptr());
+            let e = erf8(_mm256_mul_ps(
+                x,
+                _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+            ));
+            let y = _mm256_mul_ps(
+                _mm256_mul_ps(x, _mm256_set1_ps(0.5)),
+                _mm256_add_ps(_mm256_set1_ps(1.0), e),
+            );
+            _mm256_storeu_ps(yb.as_mut_ptr(), y);
+        }
     }
 }
 
