@@ -10,7 +10,10 @@
 //! Paths: M < 4 reads the stored weights directly (16-bit rows widened in registers), because
 //! each weight is used at most three times; M >= 4 widens a block of weight rows to f32 once
 //! into a per-thread scratch and reuses it across all rows of `x` with a 4×3 register tile.
-//! Work is split over blocks of N with rayon when the call is big enough to pay for it.
+//! Work is split over blocks of N with rayon when the call is big enough to pay for it, and
+//! for large M also over row chunks (so a few weight blocks still balance over the threads).
+//! On the 2-core Zen 3 VM the 4×3 tile runs at ~57-77 GFLOP/s per CPU-second (peak 83 at
+//! the base clock); a packed 6×16 GEMM was measured no faster and dropped (docs/BENCHMARKS.md).
 //!
 //! GGML block-quantized weights (`WeightSlice::Quant`) go to `matmul_quant.rs`, a child module
 //! that reuses the blocked path here for M >= 4 and has its own fused GEMV for M < 4 (which
