@@ -132,6 +132,18 @@ fn gemm(c: &mut Criterion) {
             )
         })
     });
+    // BERT encoder shapes (all-MiniLM-L6-v2: hidden 384, FFN 1536) over a flat batch of 3200
+    // tokens (100 texts × 32 tokens): q/k/v/o, FFN up, FFN down.
+    for &(m, n, k) in &[(3200, 384, 384), (3200, 1536, 384), (3200, 384, 1536)] {
+        let x = data(m * k, 7);
+        let wf = data(n * k, 8);
+        let mut out = vec![0f32; m * n];
+        let p = MatmulParams { m, n, k };
+        g.throughput(Throughput::Elements((m * n * k) as u64));
+        g.bench_function(BenchmarkId::new("f32", format!("m{m}_{n}x{k}")), |b| {
+            b.iter(|| matmul(black_box(&x), WeightSlice::F32(&wf), &mut out, p))
+        });
+    }
     g.finish();
 }
 

@@ -10,7 +10,10 @@
 //! Paths: M < 4 reads the stored weights directly (16-bit rows widened in registers), because
 //! each weight is used at most three times; M >= 4 widens a block of weight rows to f32 once
 //! into a per-thread scratch and reuses it across all rows of `x` with a 4×3 register tile.
-//! Work is split over blocks of N with rayon when the call is big enough to pay for it.
+//! Work is split over blocks of N with rayon when the call is big enough to pay for it, and
+//! for large M also over row chunks (so a few weight blocks still balance over the threads).
+//! On the 2-core Zen 3 VM the 4×3 tile runs at ~57-77 GFLOP/s per CPU-second (peak 83 at
+//! the base clock); a packed 6×16 GEMM was measured no faster and dropped (docs/BENCHMARKS.md).
 //!
 //! GGML block-quantized weights (`WeightSlice::Quant`) go to `matmul_quant.rs`, a child module
 //! that reuses the blocked path here for M >= 4 and has its own fused GEMV for M < 4 (which
@@ -286,14 +289,32 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
     };
     let nb = (elems / k).max(1).div_ceil(nr) * nr;
     let blocks = n.div_ceil(nb);
+    let min_work = if blocked {
+        PARALLEL_MIN_WORK
+    } else {
+        PARALLEL_MIN_WORK_DIRECT
+    };
+    let parallel = blocks > 1 && m * n * k >= min_work;
+    // Row chunks per weight block: with few blocks (e.g. 384×384 is 3 blocks) whole blocks
+    // split unevenly over the threads, so large M is also cut into chunks of MR-multiples.
+    let chunks = if blocked && m * n * k >= PARALLEL_MIN_WORK {
+        row_chunks(m, blocks)
+    } else {
+        1
+    };
+    let mc = m.div_ceil(chunks).div_ceil(MR) * MR;
+    let chunks = m.div_ceil(mc);
     let optr = OutPtr(out.as_mut_ptr());
-    let task = |b: usize| {
+    let task = |t: usize| {
+        let (b, c) = (t / chunks, t % chunks);
         let n0 = b * nb;
         let rows = nb.min(n - n0);
         let wb = &w[n0 * k..(n0 + rows) * k];
-        // SAFETY: block b writes only columns n0..n0+rows of each of the m rows of out, which
-        // the asserts in `matmul_with` put in bounds; blocks do not overlap.
-        let o = unsafe { optr.get().add(n0) };
+        let (i0, i1) = (c * mc, ((c + 1) * mc).min(m));
+        let (x, m) = (&x[i0 * k..i1 * k], i1 - i0);
+        // SAFETY: task (b, c) writes only rows i0..i1, columns n0..n0+rows of out, which the
+        // asserts in `matmul_with` put in bounds; tasks do not overlap.
+        let o = unsafe { optr.get().add(i0 * n + n0) };
         if !blocked {
             unsafe { tiles(x, m, Rows::Stored(wb), rows, k, o, n, isa) };
         } else if let Some(wf) = T::as_f32(wb) {
@@ -310,16 +331,22 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
             });
         }
     };
-    let min_work = if blocked {
-        PARALLEL_MIN_WORK
+    let tasks = blocks * chunks;
+    if parallel || chunks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
     } else {
-        PARALLEL_MIN_WORK_DIRECT
-    };
-    if blocks > 1 && m * n * k >= min_work {
-        (0..blocks).into_par_iter().for_each(task);
-    } else {
-        (0..blocks).for_each(task);
+        (0..tasks).for_each(task);
     }
+}
+
+/// Row chunks per weight block so that there are at least `TASKS_PER_THREAD` tasks per
+/// thread, each chunk at least `MIN_CHUNK_ROWS` rows (the weight block is widened once per
+/// chunk). Results do not depend on it: every output is one dot product either way.
+fn row_chunks(m: usize, blocks: usize) -> usize {
+    const TASKS_PER_THREAD: usize = 4;
+    const MIN_CHUNK_ROWS: usize = 48;
+    let want = (TASKS_PER_THREAD * rayon::current_num_threads()).div_ceil(blocks);
+    want.min(m / MIN_CHUNK_ROWS).max(1)
 }
 
 /// A block of weight rows: as stored, or widened to f32.

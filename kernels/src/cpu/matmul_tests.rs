@@ -267,3 +267,143 @@ fn weight_name(w: &WeightSlice<'_>) -> &'static str {
         WeightSlice::Quant { format, .. } => format.name(),
     }
 }
+
+/// Sizes around register-tile and lane edges (4×3 and 1×8 tiles, 8-element lanes, and the
+/// 6×16 tiles of a packed GEMM that was tried and measured slower, see docs/BENCHMARKS.md).
+const EDGE_SIZES: &[usize] = &[1, 5, 6, 7, 15, 16, 17, 31, 33, 255, 257];
+
+/// Checks `out` against the f64 product element by element: |got - want| <= 1e-5 · sqrt(k)
+/// · Σ_t |x_t w_t| (rounding of a k-term f32 sum), NaN fails.
+fn check_bound(out: &[f32], x: &[f32], w: &[f32], p: MatmulParams, extra: &[f64], case: &str) {
+    let MatmulParams { m, n, k } = p;
+    for i in 0..m {
+        for j in 0..n {
+            let (mut want, mut mag) = (extra[i * n + j], extra[i * n + j].abs());
+            for t in 0..k {
+                let v = x[i * k + t] as f64 * w[j * k + t] as f64;
+                want += v;
+                mag += v.abs();
+            }
+            let got = out[i * n + j];
+            assert!(!got.is_nan(), "{case}: NaN at ({i}, {j})");
+            let err = (got as f64 - want).abs();
+            let tol = 1e-5 * (k.max(1) as f64).sqrt() * mag.max(f64::MIN_POSITIVE);
+            assert!(
+                err <= tol,
+                "{case}: ({i}, {j}) = {got}, want {want} (err {err:e} > {tol:e})"
+            );
+        }
+    }
+}
+
+/// Every combination of edge sizes and every float weight dtype against the f64 reference
+/// and bit for bit against the portable path.
+#[test]
+fn edge_shapes_all_dtypes() {
+    let s = seed(0x5eed_0006);
+    eprintln!("seed {s:#x}");
+    let mut rng = Rng::new(s);
+    let isa = Isa::detect();
+    for &m in EDGE_SIZES {
+        for &n in EDGE_SIZES {
+            for &k in EDGE_SIZES {
+                let p = MatmulParams { m, n, k };
+                let x = rng.vec(m * k);
+                let wf = rng.vec(n * k);
+                let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+                let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+                let rounded = [
+                    wf.clone(),
+                    wb.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+                    wh.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+                ];
+                let ws = [
+                    WeightSlice::F32(&wf),
+                    WeightSlice::BF16(&wb),
+                    WeightSlice::F16(&wh),
+                ];
+                for (w, wr) in ws.into_iter().zip(&rounded) {
+                    let case = format!("{} m={m} n={n} k={k} seed {s:#x}", weight_name(&w));
+                    let mut out = vec![f32::NAN; m * n];
+                    matmul_with(&x, w, &mut out, p, isa);
+                    let mut port = vec![f32::NAN; m * n];
+                    matmul_with(&x, w, &mut port, p, Isa::Portable);
+                    let same = out
+                        .iter()
+                        .zip(&port)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{case}: SIMD != portable");
+                    if m * n * k <= 1 << 22 {
+                        check_bound(&out, &x, wr, p, &vec![0.0; m * n], &case);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Large shapes (BERT-like) and the linear epilogues, for float and quantized weights: bias then residual, within the f64 bound, NaN fails; quantized
+/// weights equal the f32 path on the dequantized matrix bit for bit.
+#[test]
+fn large_shapes_and_epilogues() {
+    use crate::cpu::quant::dequantize_row;
+    use crate::cpu::quant::tests::{random_blocks, FORMATS};
+    let s = seed(0x5eed_0008);
+    eprintln!("seed {s:#x}");
+    let mut rng = Rng::new(s);
+    for &(m, n, k) in &[(200, 520, 384), (97, 131, 1536), (33, 1000, 64)] {
+        let p = MatmulParams { m, n, k };
+        let x = rng.vec(m * k);
+        let wf = rng.vec(n * k);
+        let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+        let bias = rng.vec(n);
+        let residual = rng.vec(m * n);
+        let e = Epilogue {
+            bias: Some(&bias),
+            residual: Some(&residual),
+        };
+        let extra: Vec<f64> = (0..m * n)
+            .map(|t| bias[t % n] as f64 + residual[t] as f64)
+            .collect();
+        let mut out = vec![f32::NAN; m * n];
+        linear(&x, WeightSlice::F32(&wf), e, &mut out, p);
+        check_bound(
+            &out,
+            &x,
+            &wf,
+            p,
+            &extra,
+            &format!("f32 m={m} n={n} k={k} seed {s:#x}"),
+        );
+        let whr: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+        linear(&x, WeightSlice::F16(&wh), e, &mut out, p);
+        check_bound(
+            &out,
+            &x,
+            &whr,
+            p,
+            &extra,
+            &format!("f16 m={m} n={n} k={k} seed {s:#x}"),
+        );
+        for format in FORMATS {
+            let bytes = random_blocks(&mut rng, format, n * k / 32);
+            let w = WeightSlice::Quant {
+                format,
+                bytes: &bytes,
+            };
+            let rb = format.row_bytes(k);
+            let mut deq = vec![0f32; n * k];
+            for (r, row) in deq.chunks_exact_mut(k).enumerate() {
+                dequantize_row(format, &bytes[r * rb..(r + 1) * rb], row);
+            }
+            let case = format!("{} m={m} n={n} k={k} seed {s:#x}", format.name());
+            let mut q = vec![f32::NAN; m * n];
+            linear(&x, w, e, &mut q, p);
+            check_bound(&q, &x, &deq, p, &extra, &case);
+            let mut f = vec![f32::NAN; m * n];
+            linear(&x, WeightSlice::F32(&deq), e, &mut f, p);
+            let same = q.iter().zip(&f).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{case}: quantized != f32 on the dequantized weights");
+        }
+    }
+}

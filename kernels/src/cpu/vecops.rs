@@ -133,7 +133,8 @@ unsafe fn axpy_avx2(y: &mut [f32], alpha: f32, x: &[f32]) {
 /// bits. About 1 ulp of error; inputs below -87 flush towards 0 (softmax never needs more).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+#[inline]
+pub(crate) unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let x = _mm256_max_ps(
         _mm256_min_ps(x, _mm256_set1_ps(88.0)),
