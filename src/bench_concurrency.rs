@@ -15,7 +15,7 @@
 
 use crate::bench::{rayon_threads, BenchArgs};
 use crate::load::load_text_model;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use kiln_engine::engine_thread::{Engine, Event, FinishReason, GenerateRequest};
 use kiln_engine::sampler::SamplingParams;
 use kiln_models::serving::{plan_kv_blocks, start_engine, ServeOptions};
@@ -103,6 +103,7 @@ fn run_once(
     run_id: u64,
     gen_len: usize,
     progress: Option<&str>,
+    profile: bool,
 ) -> Result<RunStats> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -129,6 +130,11 @@ fn run_once(
     }
     let total = n * gen_len;
     let received = Rc::new(Cell::new(0usize));
+    // Requests that have their first token, and whether one has finished: with `profile`,
+    // op timing runs exactly over the window where all n requests decode.
+    let started_reqs = Rc::new(Cell::new(0usize));
+    let one_done = Rc::new(Cell::new(false));
+    kiln_engine::profile::reset();
     let last_print = Rc::new(RefCell::new(Instant::now()));
     let label = progress.map(str::to_string);
     let timelines = rt.block_on(async {
@@ -138,6 +144,8 @@ fn run_once(
             .enumerate()
             .map(|(r, mut h)| {
                 let received = received.clone();
+                let started_reqs = started_reqs.clone();
+                let one_done = one_done.clone();
                 let last_print = last_print.clone();
                 let label = label.clone();
                 local.spawn_local(async move {
@@ -152,6 +160,12 @@ fn run_once(
                                 let now = Instant::now();
                                 tl.tokens.push(now - started);
                                 received.set(received.get() + 1);
+                                if tl.tokens.len() == 1 {
+                                    started_reqs.set(started_reqs.get() + 1);
+                                    if profile && started_reqs.get() == n && !one_done.get() {
+                                        kiln_engine::profile::enable(true);
+                                    }
+                                }
                                 if let Some(label) = &label {
                                     let mut lp = last_print.borrow_mut();
                                     if now.duration_since(*lp) >= Duration::from_secs(5) {
@@ -165,6 +179,9 @@ fn run_once(
                                 }
                             }
                             Event::Done(d) => {
+                                if !one_done.replace(true) {
+                                    kiln_engine::profile::enable(false);
+                                }
                                 if d.reason != FinishReason::Length
                                     || d.completion_tokens != gen_len
                                 {
@@ -195,6 +212,7 @@ fn run_once(
             .await
     });
     let wall = started.elapsed().as_secs_f64();
+    kiln_engine::profile::enable(false);
     let timelines: Vec<Timeline> = timelines
         .into_iter()
         .collect::<std::result::Result<_, String>>()
@@ -249,6 +267,10 @@ struct Row {
     n: usize,
     best: RunStats,
     decode_runs: Vec<f64>,
+    /// With --profile, the last run's op times over its decode window: (op, seconds, calls).
+    profile: Vec<(&'static str, f64, u64)>,
+    /// That run's decode window and the tokens generated in it.
+    profile_window: (f64, f64),
 }
 
 pub fn bench_concurrency(args: &BenchArgs, spec: &str) -> Result<()> {
@@ -259,9 +281,6 @@ pub fn bench_concurrency(args: &BenchArgs, spec: &str) -> Result<()> {
         "--gen-len must be at least 2 with --concurrency"
     );
     ensure!(args.repeat >= 1, "--repeat must be at least 1");
-    if args.profile {
-        bail!("--profile times ops of the single-stream path; leave out --concurrency");
-    }
     let text = Arc::new(load_text_model(&args.model)?);
     let config = text.model.config();
     ensure!(
@@ -302,14 +321,30 @@ pub fn bench_concurrency(args: &BenchArgs, spec: &str) -> Result<()> {
     for &n in &levels {
         // Warm-up: the same concurrency, a few tokens (buffers, thread pool, page faults).
         run_id += 1;
-        run_once(&engine, &w, n, run_id, args.warmup_tokens.max(2), None)
-            .with_context(|| format!("warm-up at concurrency {n}"))?;
+        run_once(
+            &engine,
+            &w,
+            n,
+            run_id,
+            args.warmup_tokens.max(2),
+            None,
+            false,
+        )
+        .with_context(|| format!("warm-up at concurrency {n}"))?;
         let mut runs = Vec::new();
         for rep in 0..args.repeat {
             run_id += 1;
             let label = format!("concurrency {n}, run {}/{}", rep + 1, args.repeat);
-            let r = run_once(&engine, &w, n, run_id, args.gen_len, Some(&label))
-                .with_context(|| format!("concurrency {n}"))?;
+            let r = run_once(
+                &engine,
+                &w,
+                n,
+                run_id,
+                args.gen_len,
+                Some(&label),
+                args.profile,
+            )
+            .with_context(|| format!("concurrency {n}"))?;
             eprintln!(
                 "kiln: {label}: decode {:.1} tok/s, {:.1} s",
                 r.decode_tps, r.wall_s
@@ -317,6 +352,16 @@ pub fn bench_concurrency(args: &BenchArgs, spec: &str) -> Result<()> {
             runs.push(r);
         }
         let decode_runs: Vec<f64> = runs.iter().map(|r| r.decode_tps).collect();
+        let last = runs.last().expect("repeat >= 1");
+        let profile_window = (last.decode_window_s, last.decode_window_s * last.decode_tps);
+        let profile = if args.profile {
+            kiln_engine::profile::report()
+                .into_iter()
+                .map(|(op, d, calls)| (op, d.as_secs_f64(), calls))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let best = runs
             .into_iter()
             .max_by(|a, b| a.decode_tps.total_cmp(&b.decode_tps))
@@ -325,6 +370,8 @@ pub fn bench_concurrency(args: &BenchArgs, spec: &str) -> Result<()> {
             n,
             best,
             decode_runs,
+            profile,
+            profile_window,
         });
     }
     engine.shutdown();
@@ -351,6 +398,7 @@ pub fn bench_concurrency(args: &BenchArgs, spec: &str) -> Result<()> {
                     "generated_tokens": b.generated,
                     "preemptions": b.preemptions,
                     "cached_prompt_tokens": b.cached_tokens,
+                    "profile": profile_json(r),
                 })
             })
             .collect();
@@ -406,6 +454,9 @@ pub fn bench_concurrency(args: &BenchArgs, spec: &str) -> Result<()> {
                 b.preemptions
             );
         }
+        for r in rows.iter().filter(|r| !r.profile.is_empty()) {
+            print_profile(r);
+        }
         if rows.iter().any(|r| r.decode_runs.len() > 1) {
             println!("decode tok/s of every run:");
             for r in &rows {
@@ -415,6 +466,61 @@ pub fn bench_concurrency(args: &BenchArgs, spec: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Op time summed over the window, and the window's time no op accounts for (scheduling,
+/// batch metadata, sampling, event delivery).
+fn profile_split(r: &Row) -> (f64, f64) {
+    let ops: f64 = r.profile.iter().map(|p| p.1).sum();
+    (ops, (r.profile_window.0 - ops).max(0.0))
+}
+
+fn profile_json(r: &Row) -> serde_json::Value {
+    if r.profile.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let (window, tokens) = r.profile_window;
+    let (_, other) = profile_split(r);
+    let ops: serde_json::Map<String, serde_json::Value> = r
+        .profile
+        .iter()
+        .map(|(op, s, calls)| {
+            (
+                op.to_string(),
+                serde_json::json!({"seconds": s, "calls": calls, "share": s / window}),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "window_s": window,
+        "tokens": tokens,
+        "ops": ops,
+        "outside_ops_s": other,
+        "outside_ops_share": other / window,
+    })
+}
+
+fn print_profile(r: &Row) {
+    let (window, tokens) = r.profile_window;
+    println!(
+        "decode profile at concurrency {} (last run, {:.2} s window, {:.0} tokens):",
+        r.n, window, tokens
+    );
+    let per_token = |s: f64| s * 1e6 / tokens.max(1.0);
+    for (op, s, calls) in &r.profile {
+        println!(
+            "  {op:<14} {:>9.1} us/token {:>6.1}% {calls:>8} calls",
+            per_token(*s),
+            100.0 * s / window
+        );
+    }
+    let (_, other) = profile_split(r);
+    println!(
+        "  {:<14} {:>9.1} us/token {:>6.1}%",
+        "(outside ops)",
+        per_token(other),
+        100.0 * other / window
+    );
 }
 
 #[cfg(test)]
