@@ -564,9 +564,9 @@ mod tests {
             cached_tokens: 0,
         };
         let s = summarize(&[tl(10), tl(20)], 4, 0.08);
-        // Window (20 ms, 60 ms]: request 0 has 30,40,50,60; request 1 has 30,40,50.
+        // Window (20 ms, 60 ms]: each request has 30, 40, 50, 60: two streams at 100 tok/s.
         assert!((s.decode_window_s - 0.04).abs() < 1e-12);
-        assert!((s.decode_tps - 7.0 / 0.04).abs() < 1e-6);
+        assert!((s.decode_tps - 200.0).abs() < 1e-6);
         assert!((s.prefill_tps - 8.0 / 0.02).abs() < 1e-6);
         assert_eq!(percentile(&s.ttft_ms, 50.0), 10.0);
         assert_eq!(percentile(&s.itl_ms, 99.0), 10.0);
