@@ -10,6 +10,7 @@
 #   kiln_engine-lib    kiln-engine's unit tests (--features cuda)
 #   gpu-check.sh gpu_ceilings.py gpu_peers.py   the check itself
 #   MANIFEST.txt       commit, date, toolchain, size and sha256 of every file
+# The executables travel xz-compressed (name.xz); scripts/gpu-check.sh unpacks them.
 # No fixtures travel in the bundle: the check needs none (its inputs are random), and the
 # working tree, tests/fixtures included, travels anyway.
 # Fails when the CUDA build fails, and when the bundle is over KILN_BUNDLE_MAX_MIB (48).
@@ -126,12 +127,18 @@ strip_into target/release/kiln kiln
 [[ -n "${tests[cuda_bert]:-}" ]] && strip_into "${tests[cuda_bert]}" cuda_bert
 strip_into "${tests[kernels]}" kiln_kernels-lib
 strip_into "${tests[engine]}" kiln_engine-lib
+# The executables each embed every kernel's fatbin (SASS for three architectures + PTX) and
+# together came to ~70 MiB stripped; xz brings them to about a fifth. gpu-check.sh unpacks
+# them (xz, or python3's lzma) into its scratch directory before it starts.
+# The newest glibc symbol version the binaries need: the GPU machine's glibc must be as new.
+glibc="$(objdump -T "${dest}/kiln" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 || true)"
+for f in "${dest}"/*; do
+    xz -6 -T2 "$f"
+done
 cp scripts/gpu-check.sh scripts/gpu_ceilings.py scripts/gpu_peers.py "${dest}/"
 
 commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 dirty="$(git status --porcelain 2>/dev/null | grep -vc '^??' || true)"
-# The newest glibc symbol version the binaries need: the GPU machine's glibc must be as new.
-glibc="$(objdump -T "${dest}/kiln" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 || true)"
 {
     echo "commit ${commit}$([[ "${dirty}" != 0 ]] && echo " (+${dirty} uncommitted changes)")"
     echo "date $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -139,6 +146,7 @@ glibc="$(objdump -T "${dest}/kiln" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort 
     echo "rustc $(rustc --version | cut -d' ' -f2-)"
     echo "nvcc $("${nvcc_path}" --version | grep -o 'release [0-9.]*' || echo '?')"
     echo "features cuda; kernels: SASS sm_80 sm_89 sm_90a, PTX compute_80"
+    echo "executables xz-compressed (*.xz); scripts/gpu-check.sh unpacks them"
     echo "files (bytes sha256 name):"
     (cd "${dest}" && for f in *; do
         [[ "$f" == MANIFEST.txt ]] && continue

@@ -44,6 +44,22 @@ unset KILN_ALLOW_NO_GPU # the equivalence suite must fail, not skip, without a G
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+# The bundle's executables travel xz-compressed (scripts/gpu-bundle.sh): unpack them next to
+# a copy of the manifest, with xz or else python3's lzma, and run them from there.
+if compgen -G "$B/*.xz" >/dev/null; then
+    mkdir -p "$work/bundle"
+    cp "$B"/MANIFEST.txt "$work/bundle/" 2>/dev/null
+    for f in "$B"/*.xz; do
+        dst="$work/bundle/$(basename "$f" .xz)"
+        if command -v xz >/dev/null; then
+            xz -dc "$f" >"$dst"
+        else
+            "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$f" "$dst"
+        fi || echo "FAIL unpacking $f" >&2
+        chmod +x "$dst"
+    done
+    B="$work/bundle"
+fi
 rows="$work/summary.tsv"
 : >"$rows"
 failed=0
