@@ -464,7 +464,7 @@ impl Worker {
             .model
             .forward(&batch)
             .and_then(|l| l.to_vec::<f32>().map_err(|e| e.to_string()));
-        let logits = match logits {
+        let mut logits = match logits {
             Ok(l) => l,
             Err(e) => {
                 for s in &step.seqs {
@@ -483,11 +483,12 @@ impl Worker {
             let Some(a) = self.requests.get_mut(&id) else {
                 continue; // cancelled during the step
             };
-            let mut logits_row = logits[row * vocab..(row + 1) * vocab].to_vec();
+            // Each row is used once: the processor and the sampler work on it in place.
+            let logits_row = &mut logits[row * vocab..(row + 1) * vocab];
             if let Some(p) = a.processor.as_mut() {
-                p.process(&a.generated, &mut logits_row);
+                p.process(&a.generated, logits_row);
             }
-            let token = a.sampler.sample(&mut logits_row, &history);
+            let token = a.sampler.sample(logits_row, &history);
             if a.stop_ids.contains(&token) {
                 self.done(id, FinishReason::Stop);
                 continue;
