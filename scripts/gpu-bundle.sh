@@ -127,12 +127,12 @@ strip_into target/release/kiln kiln
 [[ -n "${tests[cuda_bert]:-}" ]] && strip_into "${tests[cuda_bert]}" cuda_bert
 strip_into "${tests[kernels]}" kiln_kernels-lib
 strip_into "${tests[engine]}" kiln_engine-lib
+# The newest glibc symbol version the binaries need: the GPU machine's glibc must be as new.
+glibc="$(objdump -T "${dest}/kiln" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 || true)"
 cp scripts/gpu-check.sh scripts/gpu_ceilings.py scripts/gpu_peers.py "${dest}/"
 
 commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 dirty="$(git status --porcelain 2>/dev/null | grep -vc '^??' || true)"
-# The newest glibc symbol version the binaries need: the GPU machine's glibc must be as new.
-glibc="$(objdump -T "${dest}/kiln" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 || true)"
 {
     echo "commit ${commit}$([[ "${dirty}" != 0 ]] && echo " (+${dirty} uncommitted changes)")"
     echo "date $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -140,6 +140,7 @@ glibc="$(objdump -T "${dest}/kiln" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort 
     echo "rustc $(rustc --version | cut -d' ' -f2-)"
     echo "nvcc $("${nvcc_path}" --version | grep -o 'release [0-9.]*' || echo '?')"
     echo "features cuda; kernels: SASS sm_80 sm_89 sm_90a, PTX compute_80"
+    echo "binaries packed into binaries.tar.xz; scripts/gpu-bundle-unpack.sh unpacks them"
     echo "files (bytes sha256 name):"
     (cd "${dest}" && for f in *; do
         [[ "$f" == MANIFEST.txt ]] && continue

@@ -25,9 +25,26 @@ pub struct BenchArgs {
     /// Also time each op during decode and print where the time goes.
     #[arg(long)]
     pub profile: bool,
+    /// Requests at once through the engine thread (continuous batching), e.g. `1,8,32`: one
+    /// table row per value with TTFT and inter-token latency percentiles. Without it, one
+    /// stream is timed on the model directly.
+    #[arg(long)]
+    pub concurrency: Option<String>,
+    /// With --concurrency: tokens computed per engine step (prefill chunks + decodes).
+    #[arg(long, default_value_t = 2048)]
+    pub max_batched_tokens: usize,
+    /// With --concurrency: bytes of KV pages (default as `kiln serve`).
+    #[arg(long)]
+    pub kv_cache_memory: Option<u64>,
+    /// With --concurrency: tokens each request generates in the untimed warm-up run.
+    #[arg(long, default_value_t = 8)]
+    pub warmup_tokens: usize,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    if let Some(spec) = &args.concurrency {
+        return crate::bench_concurrency::bench_concurrency(&args, spec);
+    }
     ensure!(args.prompt_len >= 1, "--prompt-len must be at least 1");
     ensure!(args.gen_len >= 1, "--gen-len must be at least 1");
     ensure!(args.repeat >= 1, "--repeat must be at least 1");
@@ -108,7 +125,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn rayon_threads() -> usize {
+pub(crate) fn rayon_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())

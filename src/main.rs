@@ -1,6 +1,7 @@
 //! `kiln`: run, list and benchmark models from the command line.
 
 mod bench;
+mod bench_concurrency;
 mod bench_embed;
 mod bench_ops;
 mod embed;

@@ -538,7 +538,7 @@ impl Worker {
             .filter(|(_, id)| self.requests.contains_key(id))
             .collect();
         let on_host = logits.device() == crate::Device::Cpu;
-        let all = if on_host {
+        let mut all = if on_host {
             Some(logits.to_vec::<f32>()?)
         } else {
             None
@@ -552,14 +552,19 @@ impl Worker {
                 batched.push((row, id));
                 continue;
             }
-            let mut logits_row = match &all {
-                Some(all) => all[row * vocab..(row + 1) * vocab].to_vec(),
-                None => logits.narrow(0, row, 1)?.to_vec::<f32>()?,
+            // Each row is used once: the processor and the sampler work on it in place.
+            let mut copied;
+            let logits_row: &mut [f32] = match all.as_mut() {
+                Some(all) => &mut all[row * vocab..(row + 1) * vocab],
+                None => {
+                    copied = logits.narrow(0, row, 1)?.to_vec::<f32>()?;
+                    &mut copied
+                }
             };
             if let Some(p) = a.processor.as_mut() {
-                p.process(&a.generated, &mut logits_row);
+                p.process(&a.generated, logits_row);
             }
-            out.push((row, id, a.sampler.sample(&mut logits_row, history)));
+            out.push((row, id, a.sampler.sample(logits_row, history)));
         }
         if !batched.is_empty() {
             let x = if batched.len() == logits.dim(0)? {

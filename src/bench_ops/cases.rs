@@ -28,6 +28,9 @@ pub enum Fill {
     /// A paged block table [seqs, max_blocks]: every entry a distinct page of a pool of
     /// seqs * max_blocks, in shuffled order (as a long-running cache scatters pages).
     PageTable,
+    /// A block table whose rows each hold distinct pages drawn from a pool of this many
+    /// (rows may share pages): batches bigger than the pool a case can afford.
+    PageTableIn(u32),
     /// Every entry this u32 (context lengths).
     Const(u32),
     /// cu_seqlens of sequences of this many rows each: 0, n, 2n, ...
@@ -268,9 +271,14 @@ pub fn specs(name: &str, size: Size) -> Vec<Spec> {
     }
 }
 
+/// Most pages one K (or V) cache of a paged-attention case holds when large: 16384 pages of
+/// [8, 16, 128] bf16 = 512 MiB each. Bigger batches draw their pages from this pool (with
+/// repeats across sequences): still 20x the H100's L2, so the pages stream from DRAM.
+const PAGE_POOL_CAP: usize = 16384;
+
 /// Paged attention at a Llama-3.1-8B-like shape (32 heads, 8 kv heads, head_dim 128, block 16,
-/// bf16 cache): decode of batch 1 and 32 at context 4096 (the split-KV decode kernel), and
-/// causal prefills of 2048 tokens and of 1k / 4k / 16k (the flash-attention kernels; the
+/// bf16 cache): decode (the split-KV kernel) for batch {1, 32, 128} x context {1k, 8k, 32k},
+/// and causal prefill of one sequence of 1k, 4k and 16k tokens (the flash-attention kernels; the
 /// attention variants are compared on these, `--attn-variants`).
 fn paged_specs(large: bool) -> Vec<Spec> {
     let (heads, kv_heads, d, bs) = if large {
@@ -278,25 +286,29 @@ fn paged_specs(large: bool) -> Vec<Spec> {
     } else {
         (4, 1, 64, 16)
     };
-    let shapes: &[(usize, usize, usize)] = if large {
+    let shapes: Vec<(usize, usize, usize)> = if large {
         // (sequences, query rows each, context)
-        &[
-            (1, 1, 4096),
-            (32, 1, 4096),
-            (1, 2048, 2048),
-            (1, 1024, 1024),
-            (1, 4096, 4096),
-            (1, 16384, 16384),
-        ]
+        let mut v: Vec<_> = [1, 32, 128]
+            .iter()
+            .flat_map(|&b| [1024, 8192, 32768].map(|c| (b, 1, c)))
+            .collect();
+        v.extend([1024, 4096, 16384].map(|s| (1, s, s)));
+        v
     } else {
-        &[(1, 1, 256), (4, 1, 256), (1, 128, 128)]
+        vec![(1, 1, 256), (4, 1, 256), (1, 128, 128)]
     };
     let bf16 = Fill::Uniform(DType::BF16);
     shapes
         .iter()
         .map(|&(seqs, q_len, ctx)| {
             let pages = ctx.div_ceil(bs);
-            let cache = [seqs * pages, kv_heads, bs, d];
+            let pool = (seqs * pages).min(PAGE_POOL_CAP.max(pages));
+            let cache = [pool, kv_heads, bs, d];
+            let table = if pool == seqs * pages {
+                Fill::PageTable
+            } else {
+                Fill::PageTableIn(pool as u32)
+            };
             let op = Op::PagedAttention {
                 scale: 1.0 / (d as f32).sqrt(),
                 causal: true,
@@ -306,7 +318,7 @@ fn paged_specs(large: bool) -> Vec<Spec> {
                 f32s(&[seqs * q_len, heads, d]),
                 inp(&cache, bf16),
                 inp(&cache, bf16),
-                inp(&[seqs, pages], Fill::PageTable),
+                inp(&[seqs, pages], table),
                 inp(&[seqs], Fill::Const(ctx as u32)),
                 inp(&[seqs + 1], Fill::CuSeqlens(q_len as u32)),
             ];
@@ -377,9 +389,14 @@ pub fn traffic(op: &Op, inputs: &[Tensor], dst: Option<&Tensor>) -> Result<(f64,
         ),
         Op::PagedAttention { causal, .. } => {
             // Lower bound: q, the cache pages the batch touches (at most the whole cache) and
-            // the output; 4 flops per (query, key, dim) over the keys each query sees.
+            // the output; 4 flops per (query, key, dim) over the keys each query sees. A page
+            // that several sequences' tables name is counted once per sequence (each reads it).
             let q = inputs[0].shape();
             let ctx = inputs[4].to_vec::<u32>()?;
+            let (pool, bs) = (inputs[1].shape()[0], inputs[1].shape()[2]);
+            let touched: usize = ctx.iter().map(|&c| (c as usize).div_ceil(bs)).sum();
+            let cache = tensor_bytes(&inputs[1]) + tensor_bytes(&inputs[2]);
+            let read = read - cache + cache / pool.max(1) as f64 * touched as f64;
             let cu = inputs[5].to_vec::<u32>()?;
             let per_seq = cu
                 .windows(2)
@@ -467,6 +484,21 @@ pub fn build(input: &Input, seed: u64) -> Result<Tensor> {
             }
             Tensor::from_vec::<u32>(pages, shape)?
         }
+        Fill::PageTableIn(pool) => {
+            // Per row: the first `cols` of a fresh partial shuffle of 0..pool.
+            let cols = *shape.last().unwrap_or(&1);
+            let mut state = seed;
+            let mut all: Vec<u32> = (0..pool).collect();
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n / cols.max(1) {
+                for i in 0..cols.min(all.len()) {
+                    let j = i + (splitmix(&mut state) % (all.len() - i) as u64) as usize;
+                    all.swap(i, j);
+                }
+                out.extend((0..cols).map(|i| all[i % all.len()]));
+            }
+            Tensor::from_vec::<u32>(out, shape)?
+        }
         Fill::Const(v) => Tensor::from_vec::<u32>(vec![v; n], shape)?,
         Fill::CuSeqlens(step) => {
             Tensor::from_vec::<u32>((0..n as u32).map(|i| i * step).collect(), shape)?
@@ -498,6 +530,7 @@ pub fn input_dtype(fill: Fill) -> DType {
         Fill::Ids(_)
         | Fill::Positions
         | Fill::PageTable
+        | Fill::PageTableIn(_)
         | Fill::Const(_)
         | Fill::CuSeqlens(_)
         | Fill::Slots(_) => DType::U32,

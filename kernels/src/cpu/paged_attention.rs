@@ -206,15 +206,20 @@ pub fn paged_attention<T: CacheElem>(
             seq_of[r as usize] = s;
         }
     }
+    // One item per (query row, KV head): the `group` query heads sharing that KV head are
+    // computed together, so each K/V row is read (and, for bf16, widened) once for all of
+    // them. Per head the arithmetic is exactly the one-head-at-a-time loop of `attention.rs`
+    // (same dot, scale, softmax, and accumulation order), so results stay bit for bit.
+    let kv_heads = c.num_kv_heads;
     let item = |idx: usize, o: &mut [f32]| {
-        let (row, h) = (idx / heads, idx % heads);
+        let (row, kvh) = (idx / kv_heads, idx % kv_heads);
         let s = seq_of[row];
         let start = batch.cu_seqlens[s] as usize;
         let q_len = batch.cu_seqlens[s + 1] as usize - start;
         let ctx = batch.context_lens[s] as usize;
         let table = &batch.block_tables[s * p.max_blocks..][..p.max_blocks];
-        let kvh = h / group;
-        let qv = &q[idx * d..(idx + 1) * d];
+        let h0 = kvh * group;
+        let qg = &q[(row * heads + h0) * d..][..group * d];
         let seen = if p.causal {
             visible(row - start, q_len, ctx)
         } else {
@@ -224,26 +229,42 @@ pub fn paged_attention<T: CacheElem>(
         if seen == 0 {
             return;
         }
-        let at = |j: usize| {
-            let slot = table[j / c.block_size] as usize * c.block_size + j % c.block_size;
-            c.at(slot, kvh)
-        };
+        let bs = c.block_size;
+        // Start of key j's row: pages are [kv_heads, block_size, d], so the rows of one page
+        // and KV head are contiguous.
+        let page_base = |j: usize| c.at(table[j / bs] as usize * bs, kvh);
         SCORES.with(|sc| {
-            ROW.with(|row| {
-                let (mut sc, mut row) = (sc.borrow_mut(), row.borrow_mut());
-                if sc.len() < seen {
-                    sc.resize(seen, 0.0);
+            ROW.with(|buf| {
+                let (mut sc, mut buf) = (sc.borrow_mut(), buf.borrow_mut());
+                if sc.len() < group * seen {
+                    sc.resize(group * seen, 0.0);
                 }
-                if row.len() < d {
-                    row.resize(d, 0.0);
+                if buf.len() < d {
+                    buf.resize(d, 0.0);
                 }
-                let scores = &mut sc[..seen];
-                for (j, x) in scores.iter_mut().enumerate() {
-                    *x = dot(qv, T::as_f32(&k_cache[at(j)..][..d], &mut row)) * p.scale;
+                let scores = &mut sc[..group * seen];
+                for page in (0..seen).step_by(bs) {
+                    let base = page_base(page);
+                    for j in page..seen.min(page + bs) {
+                        let at = base + (j - page) * d;
+                        let k = T::as_f32(&k_cache[at..at + d], &mut buf);
+                        for (g, qv) in qg.chunks_exact(d).enumerate() {
+                            scores[g * seen + j] = dot(qv, k) * p.scale;
+                        }
+                    }
                 }
-                softmax_in_place(scores);
-                for (j, &pj) in scores.iter().enumerate() {
-                    axpy(o, pj, T::as_f32(&v_cache[at(j)..][..d], &mut row));
+                for sg in scores.chunks_exact_mut(seen) {
+                    softmax_in_place(sg);
+                }
+                for page in (0..seen).step_by(bs) {
+                    let base = page_base(page);
+                    for j in page..seen.min(page + bs) {
+                        let at = base + (j - page) * d;
+                        let v = T::as_f32(&v_cache[at..at + d], &mut buf);
+                        for (g, og) in o.chunks_exact_mut(d).enumerate() {
+                            axpy(og, scores[g * seen + j], v);
+                        }
+                    }
                 }
             })
         });
@@ -256,13 +277,14 @@ pub fn paged_attention<T: CacheElem>(
         .sum::<usize>()
         / batch.context_lens.len().max(1);
     let work = rows * heads * avg_ctx * d;
-    if work < 2 * TASK_WORK || rows * heads == 1 {
-        for (idx, o) in out.chunks_exact_mut(d).enumerate() {
+    let items = rows * kv_heads;
+    if work < 2 * TASK_WORK || items == 1 {
+        for (idx, o) in out.chunks_exact_mut(group * d).enumerate() {
             item(idx, o);
         }
     } else {
-        let min_len = (TASK_WORK / (avg_ctx * d).max(1)).max(1);
-        out.par_chunks_exact_mut(d)
+        let min_len = (TASK_WORK / (avg_ctx * d * group).max(1)).max(1);
+        out.par_chunks_exact_mut(group * d)
             .enumerate()
             .with_min_len(min_len)
             .for_each(|(idx, o)| item(idx, o));
