@@ -65,66 +65,10 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 }
 
 // fa_load_rows for the swizzled layout: 64 rows of d (<= DP) elements into `dst`, row r from
-// src + off(r) or zeros when off(r) < 0; columns d..DP untouched. `vec`: d a multiple of
-// 16 / sizeof(T) and src 16-byte aligned; bf16 rows then go by cp.async (the caller commits
-// and waits), f32 rows by 16-byte loads (8 in flight per thread) rounded to bf16.
+// src + off(r) or zeros when off(r) < 0; columns d..DP untouched (see fa_load_rows_to).
 template <typename T, int DP, class Off>
 __device__ __forceinline__ void wg_load_rows(bf16* dst, const T* src, uint32_t d, bool vec, Off off) {
-    constexpr int ROWS = 64;
-    const int tid = threadIdx.x;
-    if (vec) {
-        constexpr int W = int(16 / sizeof(T));
-        constexpr int CPR = DP / W;
-        constexpr int CHUNKS = ROWS * CPR;
-        constexpr int PER = (CHUNKS + FA_THREADS - 1) / FA_THREADS;
-        if constexpr (sizeof(T) == 2) {
-#pragma unroll
-            for (int i = 0; i < PER; ++i) {
-                const int c = tid + i * FA_THREADS;
-                if (CHUNKS % FA_THREADS != 0 && c >= CHUNKS) break;
-                const int r = c / CPR, col = (c % CPR) * W;
-                if (uint32_t(col) >= d) continue;
-                const long long o = off(r);
-                cp_async16(dst + wg_at(r, col), o >= 0 ? src + o + col : src, o >= 0);
-            }
-        } else {
-            constexpr int BATCH = PER < 8 ? PER : 8;
-#pragma unroll
-            for (int b0 = 0; b0 < PER; b0 += BATCH) {
-                float4 v[BATCH];
-#pragma unroll
-                for (int i = 0; i < BATCH; ++i) {
-                    const int c = tid + (b0 + i) * FA_THREADS;
-                    v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                    if (b0 + i < PER && c < CHUNKS) {
-                        const int r = c / CPR, col = (c % CPR) * W;
-                        const long long o = uint32_t(col) < d ? off(r) : -1;
-                        if (o >= 0) v[i] = __ldg(reinterpret_cast<const float4*>(src + o + col));
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < BATCH; ++i) {
-                    const int c = tid + (b0 + i) * FA_THREADS;
-                    if (b0 + i < PER && c < CHUNKS) {
-                        const int r = c / CPR, col = (c % CPR) * W;
-                        if (uint32_t(col) < d) {
-                            uint2 w;
-                            w.x = fa_pack_bf16(v[i].x, v[i].y);
-                            w.y = fa_pack_bf16(v[i].z, v[i].w);
-                            *reinterpret_cast<uint2*>(dst + wg_at(r, col)) = w;
-                        }
-                    }
-                }
-            }
-        }
-    } else {
-        for (int e = tid; e < ROWS * DP; e += FA_THREADS) {
-            const int r = e / DP, col = e % DP;
-            if (uint32_t(col) >= d) continue;
-            const long long o = off(r);
-            dst[wg_at(r, col)] = __float2bfloat16_rn(o >= 0 ? to_f32(src[o + col]) : 0.0f);
-        }
-    }
+    fa_load_rows_to<T, DP, 64>(dst, src, d, vec, off, [](int r, int col) { return wg_at(r, col); });
 }
 
 // O += P V over one 64-key tile: 4 k-steps of 16 keys; V's k-step j starts 16 rows (2 swizzle

@@ -93,10 +93,11 @@ __device__ __forceinline__ void cp_async_wait_all() {
 // src + off(r), or zeros when off(r) < 0. Columns d..DP are not touched. `vec`: d is a multiple
 // of 16 / sizeof(T) and src is 16-byte aligned; then bf16 rows go by cp.async (the caller waits)
 // and f32 rows by 16-byte loads, 8 in flight per thread, rounded to bf16 (nearest even).
-// Otherwise element by element.
-template <typename T, int DP, int ROWS, class Off>
-__device__ __forceinline__ void fa_load_rows(bf16* dst, const T* src, uint32_t d, bool vec, Off off) {
-    constexpr int LD = FaDims<DP>::LD;
+// Otherwise element by element. Element (r, col) of the tile goes to dst + at(r, col): the
+// tile's layout (padded rows here, the wgmma kernels' swizzle there).
+template <typename T, int DP, int ROWS, class Off, class At>
+__device__ __forceinline__ void fa_load_rows_to(bf16* dst, const T* src, uint32_t d, bool vec, Off off,
+                                                At at) {
     const int tid = threadIdx.x;
     if (vec) {
         constexpr int W = int(16 / sizeof(T));
@@ -111,7 +112,7 @@ __device__ __forceinline__ void fa_load_rows(bf16* dst, const T* src, uint32_t d
                 const int r = c / CPR, col = (c % CPR) * W;
                 if (uint32_t(col) >= d) continue;
                 const long long o = off(r);
-                cp_async16(dst + r * LD + col, o >= 0 ? src + o + col : src, o >= 0);
+                cp_async16(dst + at(r, col), o >= 0 ? src + o + col : src, o >= 0);
             }
         } else {
             constexpr int BATCH = PER < 8 ? PER : 8;
@@ -137,7 +138,7 @@ __device__ __forceinline__ void fa_load_rows(bf16* dst, const T* src, uint32_t d
                             uint2 w;
                             w.x = fa_pack_bf16(v[i].x, v[i].y);
                             w.y = fa_pack_bf16(v[i].z, v[i].w);
-                            *reinterpret_cast<uint2*>(dst + r * LD + col) = w;
+                            *reinterpret_cast<uint2*>(dst + at(r, col)) = w;
                         }
                     }
                 }
@@ -148,9 +149,16 @@ __device__ __forceinline__ void fa_load_rows(bf16* dst, const T* src, uint32_t d
             const int r = e / DP, col = e % DP;
             if (uint32_t(col) >= d) continue;
             const long long o = off(r);
-            dst[r * LD + col] = __float2bfloat16_rn(o >= 0 ? to_f32(src[o + col]) : 0.0f);
+            dst[at(r, col)] = __float2bfloat16_rn(o >= 0 ? to_f32(src[o + col]) : 0.0f);
         }
     }
+}
+
+// fa_load_rows_to into the padded tile dst[ROWS][DP + 8].
+template <typename T, int DP, int ROWS, class Off>
+__device__ __forceinline__ void fa_load_rows(bf16* dst, const T* src, uint32_t d, bool vec, Off off) {
+    fa_load_rows_to<T, DP, ROWS>(dst, src, d, vec, off,
+                                 [](int r, int col) { return r * FaDims<DP>::LD + col; });
 }
 
 // Zeroes `n` bf16 elements of shared memory (n a multiple of 8, dst 16-byte aligned).
