@@ -146,21 +146,15 @@ impl StepGraphs {
     }
 }
 
-/// Puts `data` into the fixed input buffer `t`.
+/// Puts `data` into the fixed input buffer `t` (in place on CUDA, where graphs hold its
+/// address; a new tensor elsewhere).
 fn write_input(t: &mut Tensor, data: &[u32]) -> Result<()> {
-    match t.device() {
-        Device::Cpu => {
-            *t = Tensor::from_slice(data, t.shape())?;
-            Ok(())
-        }
-        #[cfg(feature = "cuda")]
-        Device::Cuda(_) => crate::backend::cuda::write_host_bytes(t, bytemuck::cast_slice(data)),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => {
-            *t = Tensor::from_slice(data, t.shape())?;
-            Ok(())
-        }
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(_) = t.device() {
+        return crate::backend::cuda::write_host_bytes(t, bytemuck::cast_slice(data));
     }
+    *t = Tensor::from_slice(data, t.shape())?;
+    Ok(())
 }
 
 /// Replays the entry's graph, or (first use) runs the step eagerly from the pool and

@@ -104,8 +104,8 @@ impl KvCache {
     }
 
     /// CUDA graphs captured for this cache's decode steps, and replays of them.
-    pub fn graph_stats(&mut self) -> (usize, u64) {
-        let g = self.store.graphs_mut();
+    pub fn graph_stats(&self) -> (usize, u64) {
+        let g = self.store.graphs();
         (g.captured(), g.replays())
     }
 

@@ -70,6 +70,11 @@ impl PagedKvStore {
     }
 
     /// The step graphs captured over these pages.
+    pub fn graphs(&self) -> &StepGraphs {
+        &self.graphs
+    }
+
+    /// The step graphs captured over these pages.
     pub fn graphs_mut(&mut self) -> &mut StepGraphs {
         &mut self.graphs
     }
