@@ -26,7 +26,9 @@ echo "   cloudflare $(node -p 'require("./tests/sdk/node_modules/cloudflare/pack
     "node $(node --version)"
 
 echo "== building kiln"
-cargo build --quiet --bin kiln
+# The test profile: `cargo test --workspace` has just built this binary (for the CLI tests), so
+# this is a no-op there instead of a second, unoptimised build of every workspace crate.
+cargo build --quiet --profile test --bin kiln
 
 work=$(mktemp -d)
 server_pid=
