@@ -30,7 +30,14 @@ const FLAGS: &[&str] = &[
     "-v",
 ];
 
-const ENV_VARS: &[&str] = &["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "CARGO_TARGET_DIR"];
+const ENV_VARS: &[&str] = &[
+    "NVCC",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "PATH",
+    "CARGO_TARGET_DIR",
+    "KILN_NVCC_CACHE",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -47,8 +54,10 @@ fn main() {
     println!("cargo:rerun-if-changed={}", cuda_dir.display());
 
     let nvcc = find_nvcc(&workspace);
-    let sources = list_sources(&cuda_dir);
-    let modules = compile_all(&nvcc, &cuda_dir, &out_dir, &sources);
+    let (sources, headers) = list_sources(&cuda_dir);
+    let target_dir = target_dir(&out_dir, &workspace);
+    let cache = FatbinCache::new(&nvcc, &headers, &target_dir);
+    let modules = compile_all(&nvcc, &cuda_dir, &out_dir, &sources, &cache);
 
     let mut report = String::new();
     for m in &modules {
@@ -61,7 +70,6 @@ fn main() {
         );
     }
     write_file(&out_dir.join("ptxas-report.txt"), &report);
-    let target_dir = target_dir(&out_dir, &workspace);
     if fs::create_dir_all(&target_dir).is_ok() {
         // A convenience copy; the build does not depend on it.
         let _ = fs::write(target_dir.join("ptxas-report.txt"), &report);
@@ -111,25 +119,120 @@ fn find_nvcc(workspace: &Path) -> PathBuf {
     );
 }
 
-fn list_sources(cuda_dir: &Path) -> Vec<PathBuf> {
+/// The `.cu` files (one module each) and the `.cuh` headers they may include, sorted.
+fn list_sources(cuda_dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let entries = fs::read_dir(cuda_dir).unwrap_or_else(|e| {
         panic!(
             "kiln-kernels build: cannot read {}: {e}",
             cuda_dir.display()
         )
     });
-    let mut sources = Vec::new();
+    let (mut sources, mut headers) = (Vec::new(), Vec::new());
     for entry in entries.flatten() {
         let path = entry.path();
         match path.extension().and_then(|e| e.to_str()) {
             Some("cu") => sources.push(path),
-            Some("cuh") => {}
+            Some("cuh") => headers.push(path),
             _ => continue,
         }
         println!("cargo:rerun-if-changed={}", entry.path().display());
     }
     sources.sort();
-    sources
+    headers.sort();
+    (sources, headers)
+}
+
+/// Fatbins and ptxas logs of earlier builds in `<target>/nvcc-cache`, keyed by a hash of
+/// everything nvcc sees: the source, every header, the flags, and nvcc's path and version.
+/// Cargo runs this script once per profile (clippy's check build, the test build and the
+/// release build each get their own OUT_DIR), and each run used to recompile every module
+/// (~2.5 CPU-minutes); with the cache only the first does. `KILN_NVCC_CACHE=0` turns it off.
+struct FatbinCache {
+    dir: Option<PathBuf>,
+    salt: u64,
+}
+
+impl FatbinCache {
+    fn new(nvcc: &Path, headers: &[PathBuf], target_dir: &Path) -> FatbinCache {
+        let off = env::var("KILN_NVCC_CACHE").is_ok_and(|v| v == "0");
+        let dir = target_dir.join("nvcc-cache");
+        let dir = (!off && fs::create_dir_all(&dir).is_ok()).then_some(dir);
+        let version = Command::new(nvcc)
+            .arg("--version")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let mut h = fnv1a(FNV_SEED, nvcc.as_os_str().as_encoded_bytes());
+        h = fnv1a(h, &version);
+        for part in FLAGS.iter().chain(GENCODES.iter().map(|(g, _)| g)) {
+            h = fnv1a(fnv1a(h, part.as_bytes()), b"\0");
+        }
+        for header in headers {
+            h = fnv1a(h, header.as_os_str().as_encoded_bytes());
+            h = fnv1a(h, &fs::read(header).unwrap_or_default());
+        }
+        FatbinCache { dir, salt: h }
+    }
+
+    /// (fatbin, log) paths of module `name` built from `code`; None when the cache is off.
+    fn entry(&self, name: &str, code: &str) -> Option<(PathBuf, PathBuf)> {
+        let dir = self.dir.as_ref()?;
+        let key = fnv1a(fnv1a(self.salt, name.as_bytes()), code.as_bytes());
+        let stem = format!("{name}-{key:016x}");
+        Some((
+            dir.join(format!("{stem}.fatbin")),
+            dir.join(format!("{stem}.log")),
+        ))
+    }
+
+    /// The cached log, after copying the cached fatbin to `fatbin`; None on a miss.
+    fn get(&self, name: &str, code: &str, fatbin: &Path) -> Option<String> {
+        let (cached, log) = self.entry(name, code)?;
+        let log = fs::read_to_string(log).ok()?;
+        fs::copy(cached, fatbin).ok()?;
+        Some(log)
+    }
+
+    /// Stores a fresh build (best effort: a failure only costs the next build its hit) and
+    /// removes older builds of the same module.
+    fn put(&self, name: &str, code: &str, fatbin: &Path, log: &str) {
+        let (Some(dir), Some((cached, cached_log))) = (self.dir.as_ref(), self.entry(name, code))
+        else {
+            return;
+        };
+        if let Ok(entries) = fs::read_dir(dir) {
+            let prefix = format!("{name}-");
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let stale = file.strip_prefix(&prefix).is_some_and(|rest| {
+                    rest.len() > 16 && rest.as_bytes()[..16].iter().all(u8::is_ascii_hexdigit)
+                });
+                if stale {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        // The log last, written through a rename: `get` trusts an entry once its log exists.
+        let tmp = cached_log.with_extension(format!("log.tmp{}", std::process::id()));
+        if fs::copy(fatbin, &cached).is_ok()
+            && fs::write(&tmp, log).is_ok()
+            && fs::rename(&tmp, &cached_log).is_ok()
+        {
+            return;
+        }
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+const FNV_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// 64-bit FNV-1a: stable across Rust releases (unlike `DefaultHasher`), so cache keys are too.
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 struct Module {
@@ -152,11 +255,17 @@ struct Resources {
 
 /// One nvcc per source file, all at once: nvcc is single-threaded per gencode and most of
 /// the time goes to cicc/ptxas, so files are the natural unit of parallelism.
-fn compile_all(nvcc: &Path, cuda_dir: &Path, out_dir: &Path, sources: &[PathBuf]) -> Vec<Module> {
+fn compile_all(
+    nvcc: &Path,
+    cuda_dir: &Path,
+    out_dir: &Path,
+    sources: &[PathBuf],
+    cache: &FatbinCache,
+) -> Vec<Module> {
     let results: Vec<Result<Module, String>> = thread::scope(|s| {
         let handles: Vec<_> = sources
             .iter()
-            .map(|src| s.spawn(move || compile_one(nvcc, cuda_dir, out_dir, src)))
+            .map(|src| s.spawn(move || compile_one(nvcc, cuda_dir, out_dir, src, cache)))
             .collect();
         handles
             .into_iter()
@@ -183,7 +292,13 @@ fn compile_all(nvcc: &Path, cuda_dir: &Path, out_dir: &Path, sources: &[PathBuf]
     modules
 }
 
-fn compile_one(nvcc: &Path, cuda_dir: &Path, out_dir: &Path, src: &Path) -> Result<Module, String> {
+fn compile_one(
+    nvcc: &Path,
+    cuda_dir: &Path,
+    out_dir: &Path,
+    src: &Path,
+    cache: &FatbinCache,
+) -> Result<Module, String> {
     let name = src
         .file_stem()
         .and_then(|s| s.to_str())
@@ -198,27 +313,14 @@ fn compile_one(nvcc: &Path, cuda_dir: &Path, out_dir: &Path, src: &Path) -> Resu
         ));
     }
     let fatbin = out_dir.join(format!("{name}.fatbin"));
-    let mut cmd = Command::new(nvcc);
-    cmd.args(FLAGS);
-    for (gencode, _) in GENCODES {
-        cmd.arg(format!("-gencode={gencode}"));
-    }
-    cmd.arg("-I").arg(cuda_dir).arg("-o").arg(&fatbin).arg(src);
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        return Err(format!(
-            "nvcc failed on {} ({}):\n{log}",
-            src.display(),
-            out.status
-        ));
-    }
+    let log = match cache.get(&name, &code, &fatbin) {
+        Some(log) => log,
+        None => {
+            let log = run_nvcc(nvcc, cuda_dir, src, &fatbin)?;
+            cache.put(&name, &code, &fatbin, &log);
+            log
+        }
+    };
     let resources = parse_ptxas(&log);
     for k in &kernels {
         for (_, arch) in GENCODES {
@@ -240,6 +342,32 @@ fn compile_one(nvcc: &Path, cuda_dir: &Path, out_dir: &Path, src: &Path) -> Resu
         log,
         resources,
     })
+}
+
+/// One nvcc run: `src` to `fatbin`; returns nvcc's output (the ptxas report).
+fn run_nvcc(nvcc: &Path, cuda_dir: &Path, src: &Path, fatbin: &Path) -> Result<String, String> {
+    let mut cmd = Command::new(nvcc);
+    cmd.args(FLAGS);
+    for (gencode, _) in GENCODES {
+        cmd.arg(format!("-gencode={gencode}"));
+    }
+    cmd.arg("-I").arg(cuda_dir).arg("-o").arg(fatbin).arg(src);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(format!(
+            "nvcc failed on {} ({}):\n{log}",
+            src.display(),
+            out.status
+        ));
+    }
+    Ok(log)
 }
 
 /// Names of `extern "C" __global__` functions: the symbols a launcher looks up.
