@@ -1,0 +1,478 @@
+//! The one attention core behind dense `attention`, `varlen_attention` and `paged_attention`:
+//! a task is a set of query rows that share one KV head of one sequence (a block of query
+//! positions × the query heads of a GQA group), and every output value is computed by the
+//! same operations in the same order whichever variant, blocking or batch it comes from:
+//!
+//! - score `s_j = (Σ_i q[i]·k_j[i]) · scale`, the sum one fused multiply-add per element in
+//!   element order (i = 0, 1, ..., d - 1) starting from +0;
+//! - `softmax::softmax_in_place` over the row's visible keys `0..seen`;
+//! - `o[c] = Σ_j p_j · v_j[c]`, one fused multiply-add per key in key order starting from +0.
+//!
+//! The AVX2 path computes exactly that: keys sit in the lanes of the score tiles (K is packed
+//! transposed, 16 keys per panel, so each loaded K vector serves up to 6 query rows and each
+//! broadcast query element 16 keys), and the P·V tiles keep up to 3 rows × 32 columns of
+//! output in registers (each loaded V vector serves 3 rows). The portable path is the plain
+//! loop, and on an FMA machine gives the same bits (`mul_add` is the same fused operation).
+
+use super::paged_attention::CacheElem;
+use super::softmax::softmax_in_place;
+use std::cell::RefCell;
+
+/// Keys per packed K^T panel (two AVX2 vectors).
+pub(crate) const PANEL: usize = 16;
+/// Query rows per score tile.
+const MR: usize = 6;
+
+/// Where the K (or V) rows of one (sequence, KV head) live.
+#[derive(Clone, Copy)]
+pub(crate) enum Rows<'a, T> {
+    /// Row j at `data[off + j * stride..][..d]`.
+    Dense {
+        data: &'a [T],
+        off: usize,
+        stride: usize,
+    },
+    /// Row j in page `table[j / block_size]` of a [pages, kv_heads, block_size, d] cache.
+    Paged {
+        data: &'a [T],
+        table: &'a [u32],
+        kv_heads: usize,
+        kv_head: usize,
+        block_size: usize,
+        d: usize,
+    },
+}
+
+impl<T> Rows<'_, T> {
+    /// Start of the contiguous run of rows holding row j, how many rows it has from j on
+    /// (at least 1), and the distance between its rows. The caller keeps j below the
+    /// number of rows that exist.
+    #[inline(always)]
+    fn seg(&self, j: usize) -> (usize, usize, usize) {
+        match *self {
+            Rows::Dense { off, stride, .. } => (off + j * stride, usize::MAX, stride),
+            Rows::Paged {
+                table,
+                kv_heads,
+                kv_head,
+                block_size: bs,
+                d,
+                ..
+            } => {
+                let (page, r) = (j / bs, j % bs);
+                let base = ((table[page] as usize * kv_heads + kv_head) * bs + r) * d;
+                (base, bs - r, d)
+            }
+        }
+    }
+
+    fn data(&self) -> &[T] {
+        match *self {
+            Rows::Dense { data, .. } | Rows::Paged { data, .. } => data,
+        }
+    }
+}
+
+/// One task: query rows `rows` (each an index pair into q/out and its visible key count).
+pub(crate) struct Task<'a, T> {
+    pub q: &'a [f32],
+    pub keys: Rows<'a, T>,
+    pub values: Rows<'a, T>,
+    pub d: usize,
+    pub scale: f32,
+}
+
+/// A query row of a task: its offset in q and out (d values each) and its visible keys.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Row {
+    pub at: usize,
+    pub seen: usize,
+}
+
+/// A raw output pointer that tasks on different threads write disjoint rows through.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub *mut f32);
+// SAFETY: every task writes only its own rows' d values (disjoint by construction in each
+// caller); the pointer is only dereferenced within the borrow of the output slice.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    /// Packed K^T panels of the current task.
+    static KT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Score / probability rows of the current tile of query rows.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs one task: writes `d` values at `out + row.at` for every row.
+///
+/// # Safety
+/// `out` is valid for writes at `row.at..row.at + d` for every row, no other thread writes
+/// those ranges meanwhile; q holds `row.at + d` values; the key and value rows `0..seen`
+/// exist in their data for every row.
+pub(crate) unsafe fn run<T: CacheElem>(task: &Task<'_, T>, rows: &[Row], out: OutPtr) {
+    #[cfg(target_arch = "x86_64")]
+    if super::vecops::has_avx2_fma() {
+        return avx2::run(task, rows, out);
+    }
+    portable(task, rows, out)
+}
+
+/// The defining loop (and the path without AVX2/FMA).
+///
+/// # Safety
+/// As `run`.
+pub(crate) unsafe fn portable<T: CacheElem>(task: &Task<'_, T>, rows: &[Row], out: OutPtr) {
+    let d = task.d;
+    let (kd, vd) = (task.keys.data(), task.values.data());
+    let mut scores = Vec::new();
+    for r in rows {
+        let o = std::slice::from_raw_parts_mut(out.0.add(r.at), d);
+        o.fill(0.0);
+        if r.seen == 0 {
+            continue;
+        }
+        let qv = &task.q[r.at..r.at + d];
+        scores.clear();
+        for j in 0..r.seen {
+            let (at, _, _) = task.keys.seg(j);
+            let mut acc = 0f32;
+            for (i, &qi) in qv.iter().enumerate() {
+                acc = qi.mul_add(kd[at + i].to_f32(), acc);
+            }
+            scores.push(acc * task.scale);
+        }
+        softmax_in_place(&mut scores);
+        for (j, &pj) in scores.iter().enumerate() {
+            let (at, _, _) = task.values.seg(j);
+            for (c, oc) in o.iter_mut().enumerate() {
+                *oc = pj.mul_add(vd[at + c].to_f32(), *oc);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Eight consecutive elements as f32 (bf16 widened exactly).
+    #[inline(always)]
+    unsafe fn load8<T: CacheElem>(p: *const T) -> __m256 {
+        if T::BF16 {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        } else {
+            _mm256_loadu_ps(p as *const f32)
+        }
+    }
+
+    /// Rows ↔ columns of an 8 × 8 block.
+    #[inline(always)]
+    unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
+    /// Packs keys `0..n` as K^T panels: panel p is [d][PANEL] with key p·PANEL + l in lane l;
+    /// lanes past n are zero.
+    #[inline(always)]
+    unsafe fn pack_kt<T: CacheElem>(keys: &Rows<'_, T>, n: usize, d: usize, kt: &mut [f32]) {
+        let data = keys.data().as_ptr();
+        let ktp = kt.as_mut_ptr();
+        let mut j = 0;
+        while j + 8 <= n {
+            let mut ptr = [data; 8];
+            for (t, p) in ptr.iter_mut().enumerate() {
+                *p = data.add(keys.seg(j + t).0);
+            }
+            let dst = ktp.add((j / PANEL) * d * PANEL + j % PANEL);
+            let mut i = 0;
+            while i + 8 <= d {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for t in 0..8 {
+                    r[t] = load8(ptr[t].add(i));
+                }
+                let c = transpose8(r);
+                for (t, ct) in c.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((i + t) * PANEL), *ct);
+                }
+                i += 8;
+            }
+            for i in i..d {
+                for (t, p) in ptr.iter().enumerate() {
+                    *dst.add(i * PANEL + t) = (*p.add(i)).to_f32();
+                }
+            }
+            j += 8;
+        }
+        if j < n {
+            let dst = ktp.add((j / PANEL) * d * PANEL + j % PANEL);
+            for i in 0..d {
+                for t in 0..8 {
+                    *dst.add(i * PANEL + t) = if j + t < n {
+                        (*data.add(keys.seg(j + t).0 + i)).to_f32()
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            j += 8;
+        }
+        if j % PANEL != 0 {
+            let dst = ktp.add((j / PANEL) * d * PANEL + j % PANEL);
+            for i in 0..d {
+                std::ptr::write_bytes(dst.add(i * PANEL), 0, 8);
+            }
+        }
+    }
+
+    /// Scores of M query rows against P consecutive panels: `s[m][l] = (Σ_i q_m[i]·kt[i][l])
+    /// · scale`, one FMA per i in order.
+    #[inline(always)]
+    unsafe fn score_tile<const M: usize, const P: usize>(
+        q: &[*const f32; MR],
+        kt: *const f32,
+        d: usize,
+        scale: f32,
+        s: &[*mut f32; MR],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 4]; M];
+        for i in 0..d {
+            let mut k = [_mm256_setzero_ps(); 4];
+            for p in 0..P {
+                let base = kt.add(p * d * PANEL + i * PANEL);
+                k[2 * p] = _mm256_loadu_ps(base);
+                k[2 * p + 1] = _mm256_loadu_ps(base.add(8));
+            }
+            for m in 0..M {
+                let b = _mm256_broadcast_ss(&*q[m].add(i));
+                for c in 0..2 * P {
+                    acc[m][c] = _mm256_fmadd_ps(b, k[c], acc[m][c]);
+                }
+            }
+        }
+        let sc = _mm256_set1_ps(scale);
+        for m in 0..M {
+            for c in 0..2 * P {
+                _mm256_storeu_ps(s[m].add(8 * c), _mm256_mul_ps(acc[m][c], sc));
+            }
+        }
+    }
+
+    /// Scores of M rows over `panels` panels starting at panel 0.
+    #[inline(always)]
+    unsafe fn score_rows<const M: usize>(
+        q: &[*const f32; MR],
+        kt: *const f32,
+        panels: usize,
+        d: usize,
+        scale: f32,
+        s: &[*mut f32; MR],
+    ) {
+        let mut p = 0;
+        let shifted = |s: &[*mut f32; MR], p: usize| s.map(|x| x.wrapping_add(p * PANEL));
+        if M <= 3 {
+            while p + 2 <= panels {
+                score_tile::<M, 2>(q, kt.add(p * d * PANEL), d, scale, &shifted(s, p));
+                p += 2;
+            }
+        }
+        while p < panels {
+            score_tile::<M, 1>(q, kt.add(p * d * PANEL), d, scale, &shifted(s, p));
+            p += 1;
+        }
+    }
+
+    /// `o_r[col..col + 8C] = Σ_j p_r[j] · v_j[col..]` for R rows, j over `0..seen[r]` in
+    /// order; keys below every row's count share their value loads.
+    #[inline(always)]
+    unsafe fn pv_tile<T: CacheElem, const R: usize, const C: usize>(
+        p: &[*const f32; 3],
+        seen: &[usize; 3],
+        values: &Rows<'_, T>,
+        col: usize,
+        o: &[*mut f32; 3],
+    ) {
+        let data = values.data().as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        let common = seen[..R].iter().copied().min().unwrap_or(0);
+        let mut j = 0;
+        while j < common {
+            let (at, run, stride) = values.seg(j);
+            let end = common.min(j.saturating_add(run));
+            let mut vp = data.add(at + col);
+            for jj in j..end {
+                let mut b = [_mm256_setzero_ps(); 3];
+                for r in 0..R {
+                    b[r] = _mm256_broadcast_ss(&*p[r].add(jj));
+                }
+                for c in 0..C {
+                    let x = load8(vp.add(8 * c));
+                    for r in 0..R {
+                        acc[r][c] = _mm256_fmadd_ps(b[r], x, acc[r][c]);
+                    }
+                }
+                vp = vp.add(stride);
+            }
+            j = end;
+        }
+        for r in 0..R {
+            let mut j = common;
+            while j < seen[r] {
+                let (at, run, stride) = values.seg(j);
+                let end = seen[r].min(j.saturating_add(run));
+                let mut vp = data.add(at + col);
+                for jj in j..end {
+                    let b = _mm256_broadcast_ss(&*p[r].add(jj));
+                    for c in 0..C {
+                        acc[r][c] = _mm256_fmadd_ps(b, load8(vp.add(8 * c)), acc[r][c]);
+                    }
+                    vp = vp.add(stride);
+                }
+                j = end;
+            }
+            for c in 0..C {
+                _mm256_storeu_ps(o[r].add(col + 8 * c), acc[r][c]);
+            }
+        }
+    }
+
+    /// All d columns of R rows' weighted sums.
+    #[inline(always)]
+    unsafe fn pv_rows<T: CacheElem, const R: usize>(
+        p: &[*const f32; 3],
+        seen: &[usize; 3],
+        values: &Rows<'_, T>,
+        d: usize,
+        o: &[*mut f32; 3],
+    ) {
+        let mut col = 0;
+        while col + 32 <= d {
+            pv_tile::<T, R, 4>(p, seen, values, col, o);
+            col += 32;
+        }
+        if col + 16 <= d {
+            pv_tile::<T, R, 2>(p, seen, values, col, o);
+            col += 16;
+        }
+        if col + 8 <= d {
+            pv_tile::<T, R, 1>(p, seen, values, col, o);
+            col += 8;
+        }
+        if col < d {
+            // Columns past the last multiple of 8: the same FMAs, one element at a time.
+            let data = values.data().as_ptr();
+            for r in 0..R {
+                for c in col..d {
+                    let mut acc = 0f32;
+                    for j in 0..seen[r] {
+                        let v = (*data.add(values.seg(j).0 + c)).to_f32();
+                        acc = (*p[r].add(j)).mul_add(v, acc);
+                    }
+                    *o[r].add(c) = acc;
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run<T: CacheElem>(task: &Task<'_, T>, rows: &[Row], out: OutPtr) {
+        let d = task.d;
+        let n = rows.iter().map(|r| r.seen).max().unwrap_or(0);
+        let panels = n.div_ceil(PANEL);
+        let ld = (panels * PANEL).max(PANEL);
+        KT.with(|kt| {
+            SCORES.with(|sc| {
+                let (mut kt, mut sc) = (kt.borrow_mut(), sc.borrow_mut());
+                if kt.len() < panels * d * PANEL {
+                    kt.resize(panels * d * PANEL, 0.0);
+                }
+                if sc.len() < MR * ld {
+                    sc.resize(MR * ld, 0.0);
+                }
+                pack_kt(&task.keys, n, d, &mut kt);
+                let ktp = kt.as_ptr();
+                let sp = sc.as_mut_ptr();
+                for tile in rows.chunks(MR) {
+                    let m = tile.len();
+                    let mut q = [task.q.as_ptr(); MR];
+                    let mut s = [sp; MR];
+                    for (r, row) in tile.iter().enumerate() {
+                        q[r] = task.q.as_ptr().add(row.at);
+                        s[r] = sp.add(r * ld);
+                    }
+                    let np = tile
+                        .iter()
+                        .map(|r| r.seen)
+                        .max()
+                        .unwrap_or(0)
+                        .div_ceil(PANEL);
+                    match m {
+                        1 => score_rows::<1>(&q, ktp, np, d, task.scale, &s),
+                        2 => score_rows::<2>(&q, ktp, np, d, task.scale, &s),
+                        3 => score_rows::<3>(&q, ktp, np, d, task.scale, &s),
+                        4 => score_rows::<4>(&q, ktp, np, d, task.scale, &s),
+                        5 => score_rows::<5>(&q, ktp, np, d, task.scale, &s),
+                        _ => score_rows::<6>(&q, ktp, np, d, task.scale, &s),
+                    }
+                    for (r, row) in tile.iter().enumerate() {
+                        let srow = std::slice::from_raw_parts_mut(s[r], row.seen);
+                        softmax_in_place(srow);
+                        if row.seen == 0 {
+                            std::slice::from_raw_parts_mut(out.0.add(row.at), d).fill(0.0);
+                        }
+                    }
+                    let mut live = [0usize; MR];
+                    let mut nl = 0;
+                    for (r, row) in tile.iter().enumerate() {
+                        if row.seen > 0 {
+                            live[nl] = r;
+                            nl += 1;
+                        }
+                    }
+                    for g in live[..nl].chunks(3) {
+                        let mut p = [sp as *const f32; 3];
+                        let mut seen = [0usize; 3];
+                        let mut o = [out.0; 3];
+                        for (x, &r) in g.iter().enumerate() {
+                            p[x] = s[r];
+                            seen[x] = tile[r].seen;
+                            o[x] = out.0.add(tile[r].at);
+                        }
+                        match g.len() {
+                            1 => pv_rows::<T, 1>(&p, &seen, &task.values, d, &o),
+                            2 => pv_rows::<T, 2>(&p, &seen, &task.values, d, &o),
+                            _ => pv_rows::<T, 3>(&p, &seen, &task.values, d, &o),
+                        }
+                    }
+                }
+            })
+        })
+    }
+}
