@@ -24,7 +24,7 @@ pub(crate) const TASK_WORK: usize = 1 << 15;
 
 /// Query rows (all heads of a GQA group together) per task: enough to amortize packing the
 /// keys once per task, few enough to spread a single sequence over the threads.
-pub(crate) const TASK_ROWS: usize = 48;
+pub(crate) const TASK_ROWS: usize = 192;
 
 /// Scaled dot-product attention with GQA (query head h reads kv head h / (num_heads / num_kv_heads)).
 /// `q`: [q_len, num_heads, head_dim]; `k`, `v`: [kv_len, num_kv_heads, head_dim];
@@ -157,7 +157,7 @@ mod tests {
         let s = seed(0xa77e_0003);
         let mut rng = Rng::new(s);
         for &d in &[1, 8, 13, 16, 24, 32, 40, 64, 72, 128, 136] {
-            for &(q_len, kv_len) in &[(1, 1), (3, 7), (8, 8), (9, 9), (5, 33), (17, 100), (70, 70)] {
+            for &(q_len, kv_len) in &[(1, 1), (3, 7), (8, 8), (9, 9), (5, 33), (17, 100), (70, 70), (13, 300)] {
                 for causal in [false, true] {
                     let (num_heads, num_kv_heads) = (4, 2);
                     let p = AttentionParams {

@@ -100,8 +100,10 @@ unsafe impl Sync for OutPtr {}
 thread_local! {
     /// Packed K^T panels of the current task.
     static KT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Score / probability rows of the current tile of query rows.
+    /// Score / probability rows of the current task's query rows.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The current task's value rows, contiguous f32 (tasks with enough rows to repay it).
+    static VALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs one task: writes `d` values at `out + row.at` for every row.
@@ -309,20 +311,36 @@ mod avx2 {
         }
     }
 
-    /// `o_r[col..col + 8C] = Σ_j p_r[j] · v_j[col..]` for R rows, j over `0..seen[r]` in
-    /// order; keys below every row's count share their value loads.
+    /// Keys `ja..jb` of `o_r[col..col + 8C] = Σ_j p_r[j] · v_j[col..]` for R rows, j below
+    /// `seen[r]`, in key order: starts from zero when `ja` is 0, else from the partial sums
+    /// in `o` (an f32 round trip through memory, so exact); keys below every row's count
+    /// share their value loads.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn pv_tile<T: CacheElem, const R: usize, const C: usize>(
         p: &[*const f32; 3],
         seen: &[usize; 3],
         values: &Rows<'_, T>,
         col: usize,
         o: &[*mut f32; 3],
+        ja: usize,
+        jb: usize,
     ) {
         let data = values.data().as_ptr();
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
-        let common = seen[..R].iter().copied().min().unwrap_or(0);
-        let mut j = 0;
+        if ja > 0 {
+            for r in 0..R {
+                for c in 0..C {
+                    acc[r][c] = _mm256_loadu_ps(o[r].add(col + 8 * c));
+                }
+            }
+        }
+        let mut lim = [0usize; 3];
+        for r in 0..R {
+            lim[r] = seen[r].min(jb);
+        }
+        let common = lim[..R].iter().copied().min().unwrap_or(0);
+        let mut j = ja;
         while j < common {
             let (at, run, stride) = values.seg(j);
             let end = common.min(j.saturating_add(run));
@@ -343,10 +361,10 @@ mod avx2 {
             j = end;
         }
         for r in 0..R {
-            let mut j = common;
-            while j < seen[r] {
+            let mut j = common.max(ja);
+            while j < lim[r] {
                 let (at, run, stride) = values.seg(j);
-                let end = seen[r].min(j.saturating_add(run));
+                let end = lim[r].min(j.saturating_add(run));
                 let mut vp = data.add(at + col);
                 for jj in j..end {
                     let b = _mm256_broadcast_ss(&*p[r].add(jj));
@@ -363,26 +381,29 @@ mod avx2 {
         }
     }
 
-    /// All d columns of R rows' weighted sums.
+    /// Keys `ja..jb` of all d columns of R rows' weighted sums (as `pv_tile`).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn pv_rows<T: CacheElem, const R: usize>(
         p: &[*const f32; 3],
         seen: &[usize; 3],
         values: &Rows<'_, T>,
         d: usize,
         o: &[*mut f32; 3],
+        ja: usize,
+        jb: usize,
     ) {
         let mut col = 0;
         while col + 32 <= d {
-            pv_tile::<T, R, 4>(p, seen, values, col, o);
+            pv_tile::<T, R, 4>(p, seen, values, col, o, ja, jb);
             col += 32;
         }
         if col + 16 <= d {
-            pv_tile::<T, R, 2>(p, seen, values, col, o);
+            pv_tile::<T, R, 2>(p, seen, values, col, o, ja, jb);
             col += 16;
         }
         if col + 8 <= d {
-            pv_tile::<T, R, 1>(p, seen, values, col, o);
+            pv_tile::<T, R, 1>(p, seen, values, col, o, ja, jb);
             col += 8;
         }
         if col < d {
@@ -390,8 +411,8 @@ mod avx2 {
             let data = values.data().as_ptr();
             for r in 0..R {
                 for c in col..d {
-                    let mut acc = 0f32;
-                    for j in 0..seen[r] {
+                    let mut acc = if ja > 0 { *o[r].add(c) } else { 0.0 };
+                    for j in ja..seen[r].min(jb) {
                         let v = (*data.add(values.seg(j).0 + c)).to_f32();
                         acc = (*p[r].add(j)).mul_add(v, acc);
                     }
@@ -401,78 +422,140 @@ mod avx2 {
         }
     }
 
+    /// Bytes of K^T panels or V rows a pass works through before moving on (about half of a
+    /// 32 KiB L1 data cache), so each loaded chunk serves every row of the task.
+    const CHUNK_BYTES: usize = 16 << 10;
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run<T: CacheElem>(task: &Task<'_, T>, rows: &[Row], out: OutPtr) {
         let d = task.d;
         let n = rows.iter().map(|r| r.seen).max().unwrap_or(0);
         let panels = n.div_ceil(PANEL);
         let ld = (panels * PANEL).max(PANEL);
+        let nrows = rows.len();
         KT.with(|kt| {
             SCORES.with(|sc| {
                 let (mut kt, mut sc) = (kt.borrow_mut(), sc.borrow_mut());
                 if kt.len() < panels * d * PANEL {
                     kt.resize(panels * d * PANEL, 0.0);
                 }
-                if sc.len() < MR * ld {
-                    sc.resize(MR * ld, 0.0);
+                if sc.len() < nrows * ld {
+                    sc.resize(nrows * ld, 0.0);
                 }
                 pack_kt(&task.keys, n, d, &mut kt);
                 let ktp = kt.as_ptr();
                 let sp = sc.as_mut_ptr();
-                for tile in rows.chunks(MR) {
-                    let m = tile.len();
-                    let mut q = [task.q.as_ptr(); MR];
-                    let mut s = [sp; MR];
-                    for (r, row) in tile.iter().enumerate() {
-                        q[r] = task.q.as_ptr().add(row.at);
-                        s[r] = sp.add(r * ld);
-                    }
-                    let np = tile
-                        .iter()
-                        .map(|r| r.seen)
-                        .max()
-                        .unwrap_or(0)
-                        .div_ceil(PANEL);
-                    match m {
-                        1 => score_rows::<1>(&q, ktp, np, d, task.scale, &s),
-                        2 => score_rows::<2>(&q, ktp, np, d, task.scale, &s),
-                        3 => score_rows::<3>(&q, ktp, np, d, task.scale, &s),
-                        4 => score_rows::<4>(&q, ktp, np, d, task.scale, &s),
-                        5 => score_rows::<5>(&q, ktp, np, d, task.scale, &s),
-                        _ => score_rows::<6>(&q, ktp, np, d, task.scale, &s),
-                    }
-                    for (r, row) in tile.iter().enumerate() {
-                        let srow = std::slice::from_raw_parts_mut(s[r], row.seen);
-                        softmax_in_place(srow);
-                        if row.seen == 0 {
-                            std::slice::from_raw_parts_mut(out.0.add(row.at), d).fill(0.0);
+                // Scores of every row, a chunk of K^T panels at a time (the chunk stays in
+                // L1 while every tile of rows uses it).
+                let chunk = (CHUNK_BYTES / (d * PANEL * 4)).max(1);
+                let mut p0 = 0;
+                while p0 < panels {
+                    let p1 = (p0 + chunk).min(panels);
+                    for (ti, tile) in rows.chunks(MR).enumerate() {
+                        let np = tile
+                            .iter()
+                            .map(|r| r.seen)
+                            .max()
+                            .unwrap_or(0)
+                            .div_ceil(PANEL)
+                            .min(p1);
+                        if np <= p0 {
+                            continue;
+                        }
+                        let mut q = [task.q.as_ptr(); MR];
+                        let mut s = [sp; MR];
+                        for (r, row) in tile.iter().enumerate() {
+                            q[r] = task.q.as_ptr().add(row.at);
+                            s[r] = sp.add((ti * MR + r) * ld + p0 * PANEL);
+                        }
+                        let kp = ktp.add(p0 * d * PANEL);
+                        let np = np - p0;
+                        match tile.len() {
+                            1 => score_rows::<1>(&q, kp, np, d, task.scale, &s),
+                            2 => score_rows::<2>(&q, kp, np, d, task.scale, &s),
+                            3 => score_rows::<3>(&q, kp, np, d, task.scale, &s),
+                            4 => score_rows::<4>(&q, kp, np, d, task.scale, &s),
+                            5 => score_rows::<5>(&q, kp, np, d, task.scale, &s),
+                            _ => score_rows::<6>(&q, kp, np, d, task.scale, &s),
                         }
                     }
-                    let mut live = [0usize; MR];
-                    let mut nl = 0;
-                    for (r, row) in tile.iter().enumerate() {
-                        if row.seen > 0 {
-                            live[nl] = r;
-                            nl += 1;
-                        }
+                    p0 = p1;
+                }
+                let mut live = Vec::with_capacity(nrows);
+                for (r, row) in rows.iter().enumerate() {
+                    if row.seen == 0 {
+                        std::slice::from_raw_parts_mut(out.0.add(row.at), d).fill(0.0);
+                    } else {
+                        softmax_in_place(std::slice::from_raw_parts_mut(sp.add(r * ld), row.seen));
+                        live.push(r);
                     }
-                    for g in live[..nl].chunks(3) {
-                        let mut p = [sp as *const f32; 3];
-                        let mut seen = [0usize; 3];
-                        let mut o = [out.0; 3];
-                        for (x, &r) in g.iter().enumerate() {
-                            p[x] = s[r];
-                            seen[x] = tile[r].seen;
-                            o[x] = out.0.add(tile[r].at);
+                }
+                if nrows >= MR {
+                    // Rows strided across KV heads (or pages) alias in L1 sets; a contiguous
+                    // f32 copy (an exact copy or widening) streams cleanly for every row.
+                    VALS.with(|vb| {
+                        let mut vb = vb.borrow_mut();
+                        if vb.len() < n * d {
+                            vb.resize(n * d, 0.0);
                         }
-                        match g.len() {
-                            1 => pv_rows::<T, 1>(&p, &seen, &task.values, d, &o),
-                            2 => pv_rows::<T, 2>(&p, &seen, &task.values, d, &o),
-                            _ => pv_rows::<T, 3>(&p, &seen, &task.values, d, &o),
+                        let src = task.values.data();
+                        for (j, dst) in vb[..n * d].chunks_exact_mut(d).enumerate() {
+                            let at = task.values.seg(j).0;
+                            for (x, y) in dst.iter_mut().zip(&src[at..at + d]) {
+                                *x = y.to_f32();
+                            }
                         }
-                    }
+                        let packed = Rows::Dense {
+                            data: &vb[..n * d],
+                            off: 0,
+                            stride: d,
+                        };
+                        weighted_sums(&packed, rows, &live, sp, ld, n, d, out);
+                    })
+                } else {
+                    weighted_sums(&task.values, rows, &live, sp, ld, n, d, out);
                 }
             })
         })
+    }
+
+    /// Weighted sums of the `live` rows (probabilities at `sp + r·ld`), a chunk of value rows
+    /// at a time for every group of 3 rows.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn weighted_sums<T: CacheElem>(
+        values: &Rows<'_, T>,
+        rows: &[Row],
+        live: &[usize],
+        sp: *mut f32,
+        ld: usize,
+        n: usize,
+        d: usize,
+        out: OutPtr,
+    ) {
+        let vchunk = (CHUNK_BYTES / (d * 4)).max(PANEL);
+        let mut ja = 0;
+        while ja < n {
+            let jb = (ja + vchunk).min(n);
+            for g in live.chunks(3) {
+                let mut p = [sp as *const f32; 3];
+                let mut seen = [0usize; 3];
+                let mut o = [out.0; 3];
+                for (x, &r) in g.iter().enumerate() {
+                    p[x] = sp.add(r * ld);
+                    seen[x] = rows[r].seen;
+                    o[x] = out.0.add(rows[r].at);
+                }
+                if seen[..g.len()].iter().all(|&sn| sn <= ja) {
+                    continue;
+                }
+                match g.len() {
+                    1 => pv_rows::<T, 1>(&p, &seen, values, d, &o, ja, jb),
+                    2 => pv_rows::<T, 2>(&p, &seen, values, d, &o, ja, jb),
+                    _ => pv_rows::<T, 3>(&p, &seen, values, d, &o, ja, jb),
+                }
+            }
+            ja = jb;
+        }
     }
 }

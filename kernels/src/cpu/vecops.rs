@@ -1,6 +1,48 @@
 //! Small vector primitives: the softmax's shifted exp and sum (AVX2 + FMA path picked at run
 //! time, portable path without it), the 8-lane exp and horizontal sum.
 
+/// The largest element, NaNs skipped (as `f32::max` folds); -inf when empty or all NaN.
+pub(crate) fn max(v: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked above).
+            return unsafe { max_avx2(v) };
+        }
+    }
+    v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn max_avx2(v: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = v.len();
+    let p = v.as_ptr();
+    // `max_ps(x, acc)` returns acc when x is NaN, so NaNs are skipped; four accumulators
+    // hide the latency. The maximum is exact whatever the order.
+    let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (a, ac) in acc.iter_mut().enumerate() {
+            *ac = _mm256_max_ps(_mm256_loadu_ps(p.add(i + 8 * a)), *ac);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_max_ps(_mm256_loadu_ps(p.add(i)), acc[0]);
+        i += 8;
+    }
+    let m = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    let mut best = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &x in &v[i..] {
+        best = best.max(x);
+    }
+    best
+}
+
 /// v[i] = exp(v[i] - max) for every element; returns their sum (f32 accumulation).
 pub(crate) fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -87,10 +129,17 @@ unsafe fn exp_shifted_sum_avx2(v: &mut [f32], max: f32) -> f32 {
         i += 8;
     }
     let mut sum = hsum(acc);
-    while i < n {
-        v[i] = (v[i] - max).exp();
-        sum += v[i];
-        i += 1;
+    if i < n {
+        // The last n % 8 through `exp8` too (one padded vector instead of libm calls),
+        // added one at a time after the lanes as before.
+        let mut tail = [max; 8];
+        tail[..n - i].copy_from_slice(&v[i..]);
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), m));
+        _mm256_storeu_ps(tail.as_mut_ptr(), e);
+        for (x, &t) in v[i..].iter_mut().zip(&tail) {
+            *x = t;
+            sum += t;
+        }
     }
     sum
 }
