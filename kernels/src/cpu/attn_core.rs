@@ -73,6 +73,40 @@ impl<T> Rows<'_, T> {
     }
 }
 
+/// Offsets of rows j, j + 1, ... in order, one `seg` lookup (a division for pages) per run.
+pub(crate) struct Cursor<'r, 'a, T> {
+    rows: &'r Rows<'a, T>,
+    j: usize,
+    at: usize,
+    left: usize,
+    stride: usize,
+}
+
+impl<'r, 'a, T> Cursor<'r, 'a, T> {
+    pub(crate) fn new(rows: &'r Rows<'a, T>, j: usize) -> Self {
+        Cursor {
+            rows,
+            j,
+            at: 0,
+            left: 0,
+            stride: 0,
+        }
+    }
+
+    /// Offset of the next row (the caller stays below the number of rows that exist).
+    #[inline(always)]
+    pub(crate) fn next_at(&mut self) -> usize {
+        if self.left == 0 {
+            (self.at, self.left, self.stride) = self.rows.seg(self.j);
+        }
+        let at = self.at;
+        self.at += self.stride;
+        self.left -= 1;
+        self.j += 1;
+        at
+    }
+}
+
 /// One task: query rows `rows` (each an index pair into q/out and its visible key count).
 pub(crate) struct Task<'a, T> {
     pub q: &'a [f32],
@@ -170,6 +204,21 @@ mod avx2 {
         }
     }
 
+    /// Keys (or values) requested ahead of their use.
+    const PREFETCH: usize = 16;
+
+    /// Requests the d elements at `p` into the caches.
+    #[inline(always)]
+    unsafe fn prefetch_row<T>(p: *const T, d: usize) {
+        let bytes = d * std::mem::size_of::<T>();
+        let p = p as *const i8;
+        let mut b = 0;
+        while b < bytes {
+            _mm_prefetch::<_MM_HINT_T0>(p.add(b));
+            b += 64;
+        }
+    }
+
     /// Rows ↔ columns of an 8 × 8 block.
     #[inline(always)]
     unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
@@ -207,11 +256,20 @@ mod avx2 {
     unsafe fn pack_kt<T: CacheElem>(keys: &Rows<'_, T>, n: usize, d: usize, kt: &mut [f32]) {
         let data = keys.data().as_ptr();
         let ktp = kt.as_mut_ptr();
+        let mut cur = Cursor::new(keys, 0);
+        // Rows PREFETCH keys ahead are requested while these are transposed (pages are
+        // separate 4 KiB runs the hardware prefetcher does not cross).
+        let mut ahead = Cursor::new(keys, 0);
+        let mut fetched = 0;
         let mut j = 0;
         while j + 8 <= n {
             let mut ptr = [data; 8];
-            for (t, p) in ptr.iter_mut().enumerate() {
-                *p = data.add(keys.seg(j + t).0);
+            for p in ptr.iter_mut() {
+                *p = data.add(cur.next_at());
+            }
+            while fetched < (j + 8 + PREFETCH).min(n) {
+                prefetch_row(data.add(ahead.next_at()), d);
+                fetched += 1;
             }
             let dst = ktp.add((j / PANEL) * d * PANEL + j % PANEL);
             let mut i = 0;
@@ -235,10 +293,14 @@ mod avx2 {
         }
         if j < n {
             let dst = ktp.add((j / PANEL) * d * PANEL + j % PANEL);
+            let mut ptr = [data; 8];
+            for p in ptr.iter_mut().take(n - j) {
+                *p = data.add(cur.next_at());
+            }
             for i in 0..d {
-                for t in 0..8 {
+                for (t, p) in ptr.iter().enumerate() {
                     *dst.add(i * PANEL + t) = if j + t < n {
-                        (*data.add(keys.seg(j + t).0 + i)).to_f32()
+                        (*p.add(i)).to_f32()
                     } else {
                         0.0
                     };
@@ -317,14 +379,13 @@ mod avx2 {
     /// share their value loads.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn pv_tile<T: CacheElem, const R: usize, const C: usize>(
+    unsafe fn pv_tile<T: CacheElem, const R: usize, const C: usize, const PF: bool>(
         p: &[*const f32; 3],
         seen: &[usize; 3],
         values: &Rows<'_, T>,
         col: usize,
         o: &[*mut f32; 3],
-        ja: usize,
-        jb: usize,
+        (ja, jb, d): (usize, usize, usize),
     ) {
         let data = values.data().as_ptr();
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
@@ -340,12 +401,19 @@ mod avx2 {
             lim[r] = seen[r].min(jb);
         }
         let common = lim[..R].iter().copied().min().unwrap_or(0);
+        // The first column tile requests whole value rows PREFETCH keys ahead, so the
+        // later column tiles find them cached.
+        let fetch = col == 0 && PF;
+        let mut ahead = Cursor::new(values, (ja + PREFETCH).min(common));
         let mut j = ja;
         while j < common {
             let (at, run, stride) = values.seg(j);
             let end = common.min(j.saturating_add(run));
             let mut vp = data.add(at + col);
             for jj in j..end {
+                if fetch && jj + PREFETCH < common {
+                    prefetch_row(data.add(ahead.next_at()), d);
+                }
                 let mut b = [_mm256_setzero_ps(); 3];
                 for r in 0..R {
                     b[r] = _mm256_broadcast_ss(&*p[r].add(jj));
@@ -384,7 +452,7 @@ mod avx2 {
     /// Keys `ja..jb` of all d columns of R rows' weighted sums (as `pv_tile`).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn pv_rows<T: CacheElem, const R: usize>(
+    unsafe fn pv_rows<T: CacheElem, const R: usize, const PF: bool>(
         p: &[*const f32; 3],
         seen: &[usize; 3],
         values: &Rows<'_, T>,
@@ -395,15 +463,15 @@ mod avx2 {
     ) {
         let mut col = 0;
         while col + 32 <= d {
-            pv_tile::<T, R, 4>(p, seen, values, col, o, ja, jb);
+            pv_tile::<T, R, 4, PF>(p, seen, values, col, o, (ja, jb, d));
             col += 32;
         }
         if col + 16 <= d {
-            pv_tile::<T, R, 2>(p, seen, values, col, o, ja, jb);
+            pv_tile::<T, R, 2, PF>(p, seen, values, col, o, (ja, jb, d));
             col += 16;
         }
         if col + 8 <= d {
-            pv_tile::<T, R, 1>(p, seen, values, col, o, ja, jb);
+            pv_tile::<T, R, 1, PF>(p, seen, values, col, o, (ja, jb, d));
             col += 8;
         }
         if col < d {
@@ -499,8 +567,9 @@ mod avx2 {
                             vb.resize(n * d, 0.0);
                         }
                         let src = task.values.data();
-                        for (j, dst) in vb[..n * d].chunks_exact_mut(d).enumerate() {
-                            let at = task.values.seg(j).0;
+                        let mut cur = Cursor::new(&task.values, 0);
+                        for dst in vb[..n * d].chunks_exact_mut(d) {
+                            let at = cur.next_at();
                             for (x, y) in dst.iter_mut().zip(&src[at..at + d]) {
                                 *x = y.to_f32();
                             }
@@ -510,10 +579,10 @@ mod avx2 {
                             off: 0,
                             stride: d,
                         };
-                        weighted_sums(&packed, rows, &live, sp, ld, n, d, out);
+                        weighted_sums::<f32, false>(&packed, rows, &live, sp, ld, n, d, out);
                     })
                 } else {
-                    weighted_sums(&task.values, rows, &live, sp, ld, n, d, out);
+                    weighted_sums::<T, true>(&task.values, rows, &live, sp, ld, n, d, out);
                 }
             })
         })
@@ -523,7 +592,7 @@ mod avx2 {
     /// at a time for every group of 3 rows.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn weighted_sums<T: CacheElem>(
+    unsafe fn weighted_sums<T: CacheElem, const PF: bool>(
         values: &Rows<'_, T>,
         rows: &[Row],
         live: &[usize],
@@ -550,9 +619,9 @@ mod avx2 {
                     continue;
                 }
                 match g.len() {
-                    1 => pv_rows::<T, 1>(&p, &seen, values, d, &o, ja, jb),
-                    2 => pv_rows::<T, 2>(&p, &seen, values, d, &o, ja, jb),
-                    _ => pv_rows::<T, 3>(&p, &seen, values, d, &o, ja, jb),
+                    1 => pv_rows::<T, 1, PF>(&p, &seen, values, d, &o, ja, jb),
+                    2 => pv_rows::<T, 2, PF>(&p, &seen, values, d, &o, ja, jb),
+                    _ => pv_rows::<T, 3, PF>(&p, &seen, values, d, &o, ja, jb),
                 }
             }
             ja = jb;
