@@ -157,7 +157,16 @@ mod tests {
         let s = seed(0xa77e_0003);
         let mut rng = Rng::new(s);
         for &d in &[1, 8, 13, 16, 24, 32, 40, 64, 72, 128, 136] {
-            for &(q_len, kv_len) in &[(1, 1), (3, 7), (8, 8), (9, 9), (5, 33), (17, 100), (70, 70), (13, 300)] {
+            for &(q_len, kv_len) in &[
+                (1, 1),
+                (3, 7),
+                (8, 8),
+                (9, 9),
+                (5, 33),
+                (17, 100),
+                (70, 70),
+                (13, 300),
+            ] {
                 for causal in [false, true] {
                     let (num_heads, num_kv_heads) = (4, 2);
                     let p = AttentionParams {
@@ -277,6 +286,46 @@ mod tests {
             let want = reference(&q, &k, &v, p);
             assert_close(&out, &want, 1e-7, s, &case);
             assert_rel(&out, &want, head_dim, s, &case);
+        }
+    }
+
+    /// A row's output does not depend on the rows computed with it: each row of a causal
+    /// prefill equals that position decoded alone (one query row over its prefix).
+    #[test]
+    fn prefill_rows_equal_single_row_decode_bitwise() {
+        let s = seed(0xa77e_0004);
+        let mut rng = Rng::new(s);
+        for &(d, heads, kv_heads) in &[(64, 9, 3), (32, 12, 12), (24, 4, 1)] {
+            let len = 230;
+            let q = rng.vec(len * heads * d);
+            let k = rng.vec(len * kv_heads * d);
+            let v = rng.vec(len * kv_heads * d);
+            let p = AttentionParams {
+                q_len: len,
+                kv_len: len,
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim: d,
+                scale: 0.2,
+                causal: true,
+            };
+            let mut all = vec![f32::NAN; q.len()];
+            attention(&q, &k, &v, &mut all, p);
+            for t in [0, 1, 7, 100, 199, 229] {
+                let row = heads * d;
+                let mut one = vec![f32::NAN; row];
+                let p1 = AttentionParams {
+                    q_len: 1,
+                    kv_len: t + 1,
+                    ..p
+                };
+                attention(&q[t * row..(t + 1) * row], &k, &v, &mut one, p1);
+                let same = one
+                    .iter()
+                    .zip(&all[t * row..(t + 1) * row])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "d={d} h={heads}/{kv_heads} row {t} (seed {s:#x})");
+            }
         }
     }
 

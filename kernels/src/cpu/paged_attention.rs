@@ -288,7 +288,15 @@ mod tests {
             (8, 1, 64, 5, true),
             (3, 3, 8, 4, false),
         ] {
-            let seqs: Vec<(usize, usize)> = vec![(1, 0), (7, 9), (1, 40), (33, 0), (3, 17), (1, 230), (9, 140)];
+            let seqs: Vec<(usize, usize)> = vec![
+                (1, 0),
+                (7, 9),
+                (1, 40),
+                (33, 0),
+                (3, 17),
+                (1, 230),
+                (9, 140),
+            ];
             let num_blocks = 600;
             let cache = CacheShape {
                 num_blocks,
