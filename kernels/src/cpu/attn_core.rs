@@ -188,7 +188,10 @@ pub(crate) unsafe fn portable<T: CacheElem>(task: &Task<'_, T>, rows: &[Row], ou
     }
 }
 
+// The register tiles index accumulator arrays by constant ranges on purpose (fully unrolled,
+// kept in registers).
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)]
 mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
