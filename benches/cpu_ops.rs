@@ -5,12 +5,12 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use kiln_kernels::cpu::attention::{attention, AttentionParams};
-use kiln_kernels::cpu::varlen_attention::{varlen_attention, VarlenAttentionParams, VarlenBatch};
 use kiln_kernels::cpu::matmul::{matmul, MatmulParams};
 use kiln_kernels::cpu::quant::QuantFormat;
 use kiln_kernels::cpu::rmsnorm::{rmsnorm, RmsNormParams};
 use kiln_kernels::cpu::rope::{rope, RopeParams, RopeStyle};
 use kiln_kernels::cpu::silu_mul::silu_mul;
+use kiln_kernels::cpu::varlen_attention::{varlen_attention, VarlenAttentionParams, VarlenBatch};
 use kiln_kernels::cpu::WeightSlice;
 use std::time::Duration;
 
@@ -240,7 +240,9 @@ fn attention_prefill(c: &mut Criterion) {
         scale: 1.0 / (d as f32).sqrt(),
         causal: false,
     };
-    g.throughput(Throughput::Elements((seqs * len * len * heads * d * 4) as u64));
+    g.throughput(Throughput::Elements(
+        (seqs * len * len * heads * d * 4) as u64,
+    ));
     g.bench_function("encoder_flops/8x502_h12_d32", |b| {
         b.iter(|| varlen_attention(black_box(&q), &k, &v, &mut o, &batch, vp))
     });
