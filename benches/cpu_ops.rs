@@ -10,6 +10,7 @@ use kiln_kernels::cpu::quant::QuantFormat;
 use kiln_kernels::cpu::rmsnorm::{rmsnorm, RmsNormParams};
 use kiln_kernels::cpu::rope::{rope, RopeParams, RopeStyle};
 use kiln_kernels::cpu::silu_mul::silu_mul;
+use kiln_kernels::cpu::varlen_attention::{varlen_attention, VarlenAttentionParams, VarlenBatch};
 use kiln_kernels::cpu::WeightSlice;
 use std::time::Duration;
 
@@ -214,6 +215,59 @@ fn small_ops(c: &mut Criterion) {
     g.finish();
 }
 
+/// Encoder attention at all-MiniLM-L6-v2 shapes (one layer of `kiln bench-embed --texts 8
+/// --words 500`): 8 sequences of 502 tokens, 12 heads, head_dim 32, not causal; and a causal
+/// prefill at SmolLM2-135M head shapes. Throughput in flops (2 per multiply-add, QK and PV).
+fn attention_prefill(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention");
+    let (seqs, len, heads, d) = (8, 502, 12, 32);
+    let rows = seqs * len;
+    let (q, k, v) = (
+        data(rows * heads * d, 21),
+        data(rows * heads * d, 22),
+        data(rows * heads * d, 23),
+    );
+    let mut o = vec![0f32; q.len()];
+    let cu: Vec<u32> = (0..=seqs).map(|s| (s * len) as u32).collect();
+    let batch = VarlenBatch {
+        cu_seqlens_q: &cu,
+        cu_seqlens_k: &cu,
+    };
+    let vp = VarlenAttentionParams {
+        num_heads: heads,
+        num_kv_heads: heads,
+        head_dim: d,
+        scale: 1.0 / (d as f32).sqrt(),
+        causal: false,
+    };
+    g.throughput(Throughput::Elements(
+        (seqs * len * len * heads * d * 4) as u64,
+    ));
+    g.bench_function("encoder_flops/8x502_h12_d32", |b| {
+        b.iter(|| varlen_attention(black_box(&q), &k, &v, &mut o, &batch, vp))
+    });
+
+    let (len, heads, kv_heads, d) = (512, 9, 3, 64);
+    let ap = AttentionParams {
+        q_len: len,
+        kv_len: len,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim: d,
+        scale: 0.125,
+        causal: true,
+    };
+    let q = data(len * heads * d, 24);
+    let (k, v) = (data(len * kv_heads * d, 25), data(len * kv_heads * d, 26));
+    let mut o = vec![0f32; q.len()];
+    let visible: usize = (1..=len).sum();
+    g.throughput(Throughput::Elements((visible * heads * d * 4) as u64));
+    g.bench_function("causal_prefill_flops/512_h9_kv3_d64", |b| {
+        b.iter(|| attention(black_box(&q), &k, &v, &mut o, ap))
+    });
+    g.finish();
+}
+
 fn memcpy(c: &mut Criterion) {
     let mut g = c.benchmark_group("memcpy");
     let n = 64 << 20;
@@ -228,6 +282,6 @@ fn memcpy(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = gemv, gemm, small_ops, memcpy
+    targets = gemv, gemm, small_ops, attention_prefill, memcpy
 }
 criterion_main!(benches);

@@ -3,6 +3,7 @@
 pub mod act;
 pub mod argmax;
 pub mod attention;
+mod attn_core;
 pub mod binary;
 pub mod cast;
 pub mod copy;

@@ -7,14 +7,14 @@
 //! (its new ones included) and its pages in row s of `block_tables` ([seqs, max_blocks]).
 //! Query row i of a sequence with q_len new tokens sits at position `context_len - q_len + i`.
 //!
-//! Each (query row, head) pair is computed exactly as `attention.rs` computes it (same dot,
-//! same softmax, same accumulation order), so paged and dense attention agree bit for bit and
-//! a row's result does not depend on the batch around it.
+//! Each (query row, head) pair is computed exactly as `attention.rs` computes it (both go
+//! through `attn_core`: same score sums, softmax and accumulation order), so paged and dense
+//! attention agree bit for bit and a row's result does not depend on the batch around it.
 
-use super::softmax::{softmax_in_place, visible};
-use super::vecops::{axpy, dot};
+use super::attention::{TASK_ROWS, TASK_WORK};
+use super::attn_core::{self, OutPtr, Row, Rows, Task};
+use super::softmax::visible;
 use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// A slot value that means "no slot" (padding): its token is not written.
 pub const NO_SLOT: u32 = u32::MAX;
@@ -147,38 +147,38 @@ impl PagedBatch<'_> {
     }
 }
 
-thread_local! {
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// One widened K or V row (bf16 caches).
-    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 /// An element of a paged cache: f32, or bf16 widened (exactly) to f32 where it is used, so a
 /// bf16 cache gives bit for bit what an f32 cache holding the same values gives.
 pub trait CacheElem: Copy + Send + Sync {
-    /// `src` as f32: itself, or its values written to `buf` (at least as long).
-    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+    /// bf16 (the upper half of an f32's bits); otherwise the type is f32 itself.
+    const BF16: bool;
+    /// The value as f32 (exact).
+    fn to_f32(self) -> f32;
 }
 
 impl CacheElem for f32 {
-    fn as_f32<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
-        src
+    const BF16: bool = false;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
     }
 }
 
 impl CacheElem for half::bf16 {
-    fn as_f32<'a>(src: &'a [half::bf16], buf: &'a mut [f32]) -> &'a [f32] {
-        for (b, x) in buf.iter_mut().zip(src) {
-            *b = x.to_f32();
-        }
-        &buf[..src.len()]
+    const BF16: bool = true;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
     }
 }
 
-const TASK_WORK: usize = 1 << 15;
-
 /// `q`, `out`: [rows, num_heads, head_dim]; `k_cache`, `v_cache` in the cache layout (f32 or
 /// bf16). The batch must have passed `PagedBatch::validate`.
+///
+/// The work is split into tasks of (sequence, KV head, block of that sequence's query rows),
+/// each computing its rows for every query head of the KV head's group through `attn_core`,
+/// which packs the keys once per task (so a decode row's whole GQA group reads each K and V
+/// page once) and fixes the operation order dense and varlen attention use too.
 pub fn paged_attention<T: CacheElem>(
     q: &[f32],
     k_cache: &[T],
@@ -198,96 +198,75 @@ pub fn paged_attention<T: CacheElem>(
     if d == 0 || rows == 0 {
         return;
     }
+    assert!(
+        q.len() >= rows * heads * d && out.len() >= rows * heads * d,
+        "paged attention: q or out too short"
+    );
+    assert!(
+        k_cache.len() >= c.len() && v_cache.len() >= c.len(),
+        "paged attention: cache shorter than its shape"
+    );
     let group = heads / c.num_kv_heads;
-    // Sequence of each query row.
-    let mut seq_of = vec![0usize; rows];
+    let kv_heads = c.num_kv_heads;
+    let block = (TASK_ROWS / group).max(1);
+    // (sequence, KV head, first row, end row) per task; rows relative to the sequence.
+    let mut tasks = Vec::new();
+    let mut work = 0usize;
     for s in 0..batch.context_lens.len() {
-        for r in batch.cu_seqlens[s]..batch.cu_seqlens[s + 1] {
-            seq_of[r as usize] = s;
+        let q_len = (batch.cu_seqlens[s + 1] - batch.cu_seqlens[s]) as usize;
+        work += q_len * heads * batch.context_lens[s] as usize * d;
+        for b in 0..q_len.div_ceil(block) {
+            for kvh in 0..kv_heads {
+                tasks.push((s, kvh, b * block, ((b + 1) * block).min(q_len)));
+            }
         }
     }
-    // One item per (query row, KV head): the `group` query heads sharing that KV head are
-    // computed together, so each K/V row is read (and, for bf16, widened) once for all of
-    // them. Per head the arithmetic is exactly the one-head-at-a-time loop of `attention.rs`
-    // (same dot, scale, softmax, and accumulation order), so results stay bit for bit.
-    let kv_heads = c.num_kv_heads;
-    let item = |idx: usize, o: &mut [f32]| {
-        let (row, kvh) = (idx / kv_heads, idx % kv_heads);
-        let s = seq_of[row];
+    let outp = OutPtr(out[..rows * heads * d].as_mut_ptr());
+    let task = |&(s, kvh, t0, t1): &(usize, usize, usize, usize)| {
         let start = batch.cu_seqlens[s] as usize;
         let q_len = batch.cu_seqlens[s + 1] as usize - start;
         let ctx = batch.context_lens[s] as usize;
         let table = &batch.block_tables[s * p.max_blocks..][..p.max_blocks];
-        let h0 = kvh * group;
-        let qg = &q[(row * heads + h0) * d..][..group * d];
-        let seen = if p.causal {
-            visible(row - start, q_len, ctx)
-        } else {
-            ctx
+        let mut rows = Vec::with_capacity((t1 - t0) * group);
+        for h in kvh * group..(kvh + 1) * group {
+            for t in t0..t1 {
+                let seen = if p.causal {
+                    visible(t, q_len, ctx)
+                } else {
+                    ctx
+                };
+                rows.push(Row {
+                    at: ((start + t) * heads + h) * d,
+                    seen,
+                });
+            }
+        }
+        let rows_of = |data| Rows::Paged {
+            data,
+            table,
+            kv_heads,
+            kv_head: kvh,
+            block_size: c.block_size,
+            d,
         };
-        o.fill(0.0);
-        if seen == 0 {
-            return;
-        }
-        let bs = c.block_size;
-        // Start of key j's row: pages are [kv_heads, block_size, d], so the rows of one page
-        // and KV head are contiguous.
-        let page_base = |j: usize| c.at(table[j / bs] as usize * bs, kvh);
-        SCORES.with(|sc| {
-            ROW.with(|buf| {
-                let (mut sc, mut buf) = (sc.borrow_mut(), buf.borrow_mut());
-                if sc.len() < group * seen {
-                    sc.resize(group * seen, 0.0);
-                }
-                if buf.len() < d {
-                    buf.resize(d, 0.0);
-                }
-                let scores = &mut sc[..group * seen];
-                for page in (0..seen).step_by(bs) {
-                    let base = page_base(page);
-                    for j in page..seen.min(page + bs) {
-                        let at = base + (j - page) * d;
-                        let k = T::as_f32(&k_cache[at..at + d], &mut buf);
-                        for (g, qv) in qg.chunks_exact(d).enumerate() {
-                            scores[g * seen + j] = dot(qv, k) * p.scale;
-                        }
-                    }
-                }
-                for sg in scores.chunks_exact_mut(seen) {
-                    softmax_in_place(sg);
-                }
-                for page in (0..seen).step_by(bs) {
-                    let base = page_base(page);
-                    for j in page..seen.min(page + bs) {
-                        let at = base + (j - page) * d;
-                        let v = T::as_f32(&v_cache[at..at + d], &mut buf);
-                        for (g, og) in o.chunks_exact_mut(d).enumerate() {
-                            axpy(og, scores[g * seen + j], v);
-                        }
-                    }
-                }
-            })
-        });
+        let t = Task {
+            q,
+            keys: rows_of(k_cache),
+            values: rows_of(v_cache),
+            d,
+            scale: p.scale,
+        };
+        // SAFETY: the task writes only its own (row, head) outputs inside `out[..rows·heads·d]`
+        // (tasks are disjoint); the validated batch keeps every key below ctx inside a page
+        // of the table, and the pages inside the cache (length asserted above).
+        unsafe { attn_core::run(&t, &rows, outp) };
     };
-    let out = &mut out[..rows * heads * d];
-    let avg_ctx = batch
-        .context_lens
-        .iter()
-        .map(|&c| c as usize)
-        .sum::<usize>()
-        / batch.context_lens.len().max(1);
-    let work = rows * heads * avg_ctx * d;
-    let items = rows * kv_heads;
-    if work < 2 * TASK_WORK || items == 1 {
-        for (idx, o) in out.chunks_exact_mut(group * d).enumerate() {
-            item(idx, o);
-        }
+    if work < 2 * TASK_WORK || tasks.len() == 1 {
+        tasks.iter().for_each(task);
     } else {
-        let min_len = (TASK_WORK / (avg_ctx * d * group).max(1)).max(1);
-        out.par_chunks_exact_mut(group * d)
-            .enumerate()
-            .with_min_len(min_len)
-            .for_each(|(idx, o)| item(idx, o));
+        let per_task = (work / tasks.len()).max(1);
+        let min_len = (TASK_WORK / per_task).max(1);
+        tasks.par_iter().with_min_len(min_len).for_each(task);
     }
 }
 
@@ -309,8 +288,16 @@ mod tests {
             (8, 1, 64, 5, true),
             (3, 3, 8, 4, false),
         ] {
-            let seqs: Vec<(usize, usize)> = vec![(1, 0), (7, 9), (1, 40), (33, 0), (3, 17)];
-            let num_blocks = 128;
+            let seqs: Vec<(usize, usize)> = vec![
+                (1, 0),
+                (7, 9),
+                (1, 40),
+                (33, 0),
+                (3, 17),
+                (1, 230),
+                (9, 140),
+            ];
+            let num_blocks = 600;
             let cache = CacheShape {
                 num_blocks,
                 num_kv_heads: kv_heads,

@@ -62,7 +62,7 @@ pub(crate) fn visible(r: usize, rows: usize, cols: usize) -> usize {
 /// sum as torch does). A row with no finite maximum (empty, or all -inf) becomes zeros rather
 /// than NaN.
 pub(crate) fn softmax_in_place(v: &mut [f32]) {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = super::vecops::max(v);
     if max == f32::NEG_INFINITY {
         v.fill(0.0);
         return;

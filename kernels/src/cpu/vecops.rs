@@ -1,31 +1,46 @@
-//! Small vector primitives shared by the attention twin: a dot product and an axpy, with an
-//! AVX2 + FMA path picked at run time and a portable path that vectorizes without it.
+//! Small vector primitives: the softmax's shifted exp and sum (AVX2 + FMA path picked at run
+//! time, portable path without it), the 8-lane exp and horizontal sum.
 
-/// Σ a[i]·b[i] over the shorter length.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// The largest element, NaNs skipped (as `f32::max` folds); -inf when empty or all NaN.
+pub(crate) fn max(v: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            return unsafe { dot_avx2(a, b) };
+            return unsafe { max_avx2(v) };
         }
     }
-    dot_portable(a, b)
+    v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// y[i] += alpha · x[i] over the shorter length.
-pub(crate) fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            unsafe { axpy_avx2(y, alpha, x) };
-            return;
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn max_avx2(v: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = v.len();
+    let p = v.as_ptr();
+    // `max_ps(x, acc)` returns acc when x is NaN, so NaNs are skipped; four accumulators
+    // hide the latency. The maximum is exact whatever the order.
+    let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (a, ac) in acc.iter_mut().enumerate() {
+            *ac = _mm256_max_ps(_mm256_loadu_ps(p.add(i + 8 * a)), *ac);
         }
+        i += 32;
     }
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o += alpha * v;
+    while i + 8 <= n {
+        acc[0] = _mm256_max_ps(_mm256_loadu_ps(p.add(i)), acc[0]);
+        i += 8;
     }
+    let m = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    let mut best = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &x in &v[i..] {
+        best = best.max(x);
+    }
+    best
 }
 
 /// v[i] = exp(v[i] - max) for every element; returns their sum (f32 accumulation).
@@ -57,75 +72,8 @@ pub(crate) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
-
-/// Eight independent partial sums (vectorizes without fast-math).
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    for (x, y) in ta.iter().zip(tb) {
-        s += x * y;
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    // Two accumulators hide the FMA latency for head_dim 64..128.
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 16 <= n {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-        acc1 = _mm256_fmadd_ps(
-            _mm256_loadu_ps(pa.add(i + 8)),
-            _mm256_loadu_ps(pb.add(i + 8)),
-            acc1,
-        );
-        i += 16;
-    }
-    if i + 8 <= n {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-        i += 8;
-    }
-    let mut s = hsum(_mm256_add_ps(acc0, acc1));
-    while i < n {
-        s = a[i].mul_add(b[i], s);
-        i += 1;
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_avx2(y: &mut [f32], alpha: f32, x: &[f32]) {
-    use std::arch::x86_64::*;
-    let n = y.len().min(x.len());
-    let (py, px) = (y.as_mut_ptr(), x.as_ptr());
-    let a = _mm256_set1_ps(alpha);
-    let mut i = 0;
-    while i + 8 <= n {
-        let v = _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
-        _mm256_storeu_ps(py.add(i), v);
-        i += 8;
-    }
-    while i < n {
-        y[i] = alpha.mul_add(x[i], y[i]);
-        i += 1;
-    }
 }
 
 /// exp(x) for 8 lanes: range reduction x = n·ln2 + r (ln2 split in two so n·ln2 is exact),
@@ -181,10 +129,17 @@ unsafe fn exp_shifted_sum_avx2(v: &mut [f32], max: f32) -> f32 {
         i += 8;
     }
     let mut sum = hsum(acc);
-    while i < n {
-        v[i] = (v[i] - max).exp();
-        sum += v[i];
-        i += 1;
+    if i < n {
+        // The last n % 8 through `exp8` too (one padded vector instead of libm calls),
+        // added one at a time after the lanes as before.
+        let mut tail = [max; 8];
+        tail[..n - i].copy_from_slice(&v[i..]);
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), m));
+        _mm256_storeu_ps(tail.as_mut_ptr(), e);
+        for (x, &t) in v[i..].iter_mut().zip(&tail) {
+            *x = t;
+            sum += t;
+        }
     }
     sum
 }
@@ -195,24 +150,11 @@ mod tests {
     use crate::cpu::testutil::{seed, Rng};
 
     #[test]
-    fn dot_and_axpy_match_f64_on_every_length() {
+    fn exp_shifted_sum_matches_f64_on_every_length() {
         let s = seed(0x7ec0_0001);
         let mut rng = Rng::new(s);
         for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 80, 128, 1000] {
             let a: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
-            let b: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
-            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            let scale: f64 = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (*x as f64 * *y as f64).abs())
-                .sum();
-            for got in [dot(&a, &b), dot_portable(&a, &b)] {
-                assert!(
-                    (got as f64 - want).abs() <= 1e-6 * scale.max(1.0),
-                    "seed {s:#x} n {n}: dot {got} vs {want}"
-                );
-            }
             let mut e = a.iter().map(|x| x * 40.0).collect::<Vec<f32>>();
             let max = e.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             // The shift itself rounds in f32 on every path; exp must be accurate after it.
@@ -226,15 +168,6 @@ mod tests {
             }
             let want_sum: f64 = want_e.iter().sum();
             assert!((sum as f64 - want_sum).abs() <= 1e-6 * want_sum.max(1e-30));
-            let mut y = b.clone();
-            axpy(&mut y, 0.375, &a);
-            for i in 0..n {
-                let want = b[i] as f64 + 0.375 * a[i] as f64;
-                assert!(
-                    (y[i] as f64 - want).abs() <= 1e-6,
-                    "seed {s:#x} n {n} i {i}"
-                );
-            }
         }
     }
 }
