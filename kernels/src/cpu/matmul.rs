@@ -291,7 +291,7 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
     } else {
         DIRECT_BLOCK_ELEMS
     };
-    let nb = (elems / k).max(1).div_ceil(nr) * nr;
+    let nb = block_rows(n, k, nr, elems);
     let blocks = n.div_ceil(nb);
     let min_work = if blocked {
         PARALLEL_MIN_WORK
@@ -354,6 +354,20 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
     } else {
         (0..tasks).for_each(task);
     }
+}
+
+/// Weight rows per block: about `elems / k` at most, rounded up to a multiple of `nr`, with
+/// the blocks as equal as that allows and, when there are several, their count a multiple of
+/// the thread count. (576 rows at K = 576 used to be five blocks of 114 and one of 6, so one
+/// of two threads did 342 rows and the other 234.) Results do not depend on it.
+pub(crate) fn block_rows(n: usize, k: usize, nr: usize, elems: usize) -> usize {
+    let cap = (elems / k.max(1)).max(1).div_ceil(nr) * nr;
+    let mut blocks = n.div_ceil(cap);
+    if blocks > 1 {
+        let threads = rayon::current_num_threads().max(1);
+        blocks = blocks.div_ceil(threads) * threads;
+    }
+    n.div_ceil(blocks.max(1)).div_ceil(nr) * nr
 }
 
 /// Row chunks per weight block so that there are at least `TASKS_PER_THREAD` tasks per
