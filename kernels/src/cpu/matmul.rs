@@ -592,7 +592,11 @@ mod avx2 {
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         let k8 = k - k % 8;
         // The GEMV tile (R = 1) reads each weight once: nothing to keep in L1.
-        let nkb = if R == 1 { 1 } else { k8.div_ceil(KC_MAX).max(1) };
+        let nkb = if R == 1 {
+            1
+        } else {
+            k8.div_ceil(KC_MAX).max(1)
+        };
         let kc = k8.div_ceil(nkb).div_ceil(8) * 8;
         // Carried accumulators, only touched with several K blocks (a few KiB: R per row).
         let mut st = if nkb > 1 {

@@ -97,7 +97,10 @@ fn simd_and_portable_agree_bitwise() {
             matmul_with(&x, w, &mut a, p, isa);
             matmul_with(&x, w, &mut b, p, Isa::Portable);
             let same = a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits());
-            assert!(same, "{format:?} m={m} n={n} k={k}: AVX2 != portable (seed {s:#x})");
+            assert!(
+                same,
+                "{format:?} m={m} n={n} k={k}: AVX2 != portable (seed {s:#x})"
+            );
         }
     }
 }
@@ -314,4 +317,3 @@ fn quant_decode_pass_timing() {
     }
     println!("{fmt} decode pass: {:.2} ms", best * 1e3);
 }
-
