@@ -9,15 +9,19 @@
 //!
 //! Paths: M < 4 reads the stored weights directly (16-bit rows widened in registers), because
 //! each weight is used at most three times; M >= 4 widens a block of weight rows to f32 once
-//! into a per-thread scratch and reuses it across all rows of `x` with a 4×3 register tile.
-//! Work is split over blocks of N with rayon when the call is big enough to pay for it, and
-//! for large M also over row chunks (so a few weight blocks still balance over the threads).
-//! On the 2-core Zen 3 VM the 4×3 tile runs at ~57-77 GFLOP/s per CPU-second (peak 83 at
-//! the base clock); a packed 6×16 GEMM was measured no faster and dropped (docs/BENCHMARKS.md).
+//! into a per-thread scratch (f32 weights are read in place) and reuses it across all rows of
+//! `x` with a 4×3 register tile. K longer than 512 is cut into blocks with each tile's lane
+//! accumulators carried from block to block (the order above is unchanged), so the 4 rows of
+//! x stay in L1 while the weight rows pass. Work is split over blocks of N with rayon when the
+//! call is big enough to pay for it, and for large M also over row chunks (so a few weight
+//! blocks still balance over the threads; with f32 weights chunk-major, so that a chunk of x
+//! stays in L2 while the weight blocks pass over it). On the 2-core EPYC VM the 4×3 tile runs
+//! at ~60-75 GFLOP/s per CPU-second (peak ~83); a packed 6×16 GEMM was measured no faster and
+//! dropped (docs/BENCHMARKS.md).
 //!
 //! GGML block-quantized weights (`WeightSlice::Quant`) go to `matmul_quant.rs`, a child module
-//! that reuses the blocked path here for M >= 4 and has its own fused GEMV for M < 4 (which
-//! does not follow the summation order above).
+//! that reuses the blocked path here for M >= 4 and has a fused GEMV for M < 4; both follow
+//! the order above on the dequantized values, so quantized rows are batch-invariant too.
 
 use super::WeightSlice;
 use half::{bf16, f16};
