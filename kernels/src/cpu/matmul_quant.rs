@@ -20,8 +20,8 @@ use super::{BLOCKED_BLOCK_ELEMS, MR, NR, PARALLEL_MIN_WORK};
 use crate::cpu::quant::{dequantize_row_with, Block, QuantFormat, Q4_0, Q4_1, Q8_0, QK};
 use rayon::prelude::*;
 
-/// Weight rows per GEMV register tile: independent FMA chains per x row.
-const R_GEMV: usize = 4;
+/// Weight rows per GEMV task are a multiple of this: the tile widths below divide it.
+const R_GEMV: usize = 8;
 /// Quantized bytes per rayon task on the GEMV path.
 const GEMV_TASK_BYTES: usize = 1 << 15;
 /// Below this many quantized bytes a GEMV runs on the calling thread: the 192×576 projections
@@ -115,10 +115,12 @@ fn gemv<B: Block>(x: &[f32], bytes: &[u8], out: &mut [f32], p: MatmulParams, isa
             match isa {
                 Isa::Portable => unreachable!("the portable path dequantizes (see `run`)"),
                 #[cfg(target_arch = "x86_64")]
+                // MX·R accumulators: enough independent FMA chains (each lane's chain is
+                // sequential in k) without spilling the 16 ymm registers (3 x 4 spilled).
                 Isa::Avx2 => match m {
-                    1 => avx2::gemv::<B, 1>(x, w, rows, k, o, n),
-                    2 => avx2::gemv::<B, 2>(x, w, rows, k, o, n),
-                    _ => avx2::gemv::<B, 3>(x, w, rows, k, o, n),
+                    1 => avx2::gemv::<B, 1, 8>(x, w, rows, k, o, n),
+                    2 => avx2::gemv::<B, 2, 4>(x, w, rows, k, o, n),
+                    _ => avx2::gemv::<B, 3, 2>(x, w, rows, k, o, n),
                 },
             }
         }
@@ -132,7 +134,7 @@ fn gemv<B: Block>(x: &[f32], bytes: &[u8], out: &mut [f32], p: MatmulParams, isa
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Block, QK, R_GEMV};
+    use super::{Block, QK};
     use crate::cpu::quant::dequant8;
     use crate::cpu::vecops::hsum;
     use std::arch::x86_64::*;
@@ -187,13 +189,13 @@ mod avx2 {
         }
     }
 
-    /// All weight rows of a task, R_GEMV at a time, then the remainder one by one.
+    /// All weight rows of a task, R at a time, then the remainder one by one.
     ///
     /// # Safety
     /// AVX2, FMA and F16C must be available; `x` holds MX·k values, `w` holds `rows` rows,
     /// and `o + i * ldo + j` is writable for i < MX, j < rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn gemv<B: Block, const MX: usize>(
+    pub(super) unsafe fn gemv<B: Block, const MX: usize, const R: usize>(
         x: &[f32],
         w: &[u8],
         rows: usize,
@@ -204,11 +206,11 @@ mod avx2 {
         let rb = k / QK * B::BYTES;
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         // One tile ahead: measured best (two or four tiles were no better, none ~1.5-3x slower).
-        let pf = R_GEMV * rb;
+        let pf = R * rb;
         let mut j = 0;
-        while j + R_GEMV <= rows {
-            tile::<B, MX, R_GEMV>(xp, k, wp.add(j * rb), rb, pf, o.add(j), ldo);
-            j += R_GEMV;
+        while j + R <= rows {
+            tile::<B, MX, R>(xp, k, wp.add(j * rb), rb, pf, o.add(j), ldo);
+            j += R;
         }
         while j < rows {
             tile::<B, MX, 1>(xp, k, wp.add(j * rb), rb, 0, o.add(j), ldo);
