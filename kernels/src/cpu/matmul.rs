@@ -10,7 +10,7 @@
 //! Paths: M < 4 reads the stored weights directly (16-bit rows widened in registers), because
 //! each weight is used at most three times; M >= 4 widens a block of weight rows to f32 once
 //! into a per-thread scratch (f32 weights are read in place) and reuses it across all rows of
-//! `x` with a 4×3 register tile. K longer than 512 is cut into blocks with each tile's lane
+//! `x` with a 4×3 register tile. K longer than 1024 is cut into blocks with each tile's lane
 //! accumulators carried from block to block (the order above is unchanged), so the 4 rows of
 //! x stay in L1 while the weight rows pass. Work is split over blocks of N with rayon when the
 //! call is big enough to pay for it, and for large M also over row chunks (so a few weight
@@ -140,9 +140,9 @@ const MR: usize = 4;
 const NR: usize = 3;
 /// Weight rows per register tile for a single x row (8 independent FMA chains hide latency).
 const NR_GEMV: usize = 8;
-/// Longest K block of the blocked AVX2 tiles: 4 rows of x plus 3 weight rows of 512 f32 are
-/// 14 KiB, which stay in the 32 KiB L1 with the carried accumulators; at K = 1536 whole rows
-/// (24 KiB of x alone) did not.
+/// Longest K block of the blocked AVX2 tiles when K > 2·KC_MAX: 4 rows of x plus 3 weight
+/// rows of 512 f32 are 14 KiB, which stay in the 32 KiB L1 with the carried accumulators; at
+/// K = 1536 whole rows (24 KiB of x alone) did not (256 and no blocking measured slower).
 const KC_MAX: usize = 512;
 
 pub(crate) fn matmul_with(
@@ -582,7 +582,7 @@ mod avx2 {
     }
 
     /// All tiles of an m × rows output block: R×C tiles, then the edges with narrower tiles.
-    /// K longer than `KC_MAX` is cut into equal blocks (multiples of 8) of at most `KC_MAX`.
+    /// K longer than 2·`KC_MAX` is cut into equal blocks (multiples of 8) of at most `KC_MAX`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tiles<T: Weight, const R: usize, const C: usize>(
         x: &[f32],
@@ -595,11 +595,13 @@ mod avx2 {
     ) {
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         let k8 = k - k % 8;
-        // The GEMV tile (R = 1) reads each weight once: nothing to keep in L1.
-        let nkb = if R == 1 {
+        // The GEMV tile (R = 1) reads each weight once: nothing to keep in L1. Up to
+        // 2·KC_MAX (K = 576, 1024) whole rows fit well enough and carrying the accumulators
+        // only costs (K = 576 cut in two measured slower).
+        let nkb = if R == 1 || k8 <= 2 * KC_MAX {
             1
         } else {
-            k8.div_ceil(KC_MAX).max(1)
+            k8.div_ceil(KC_MAX)
         };
         let kc = k8.div_ceil(nkb).div_ceil(8) * 8;
         // Carried accumulators, only touched with several K blocks (a few KiB: R per row).
