@@ -173,13 +173,12 @@ mod avx2 {
                 // One x row: its block's 4 vectors are loaded once for the R weight rows.
                 let xb = x.add(b * QK);
                 let xv = [0, 8, 16, 24].map(|t| _mm256_loadu_ps(xb.add(t)));
-                for j in 0..R {
+                for (j, a) in acc[0].iter_mut().enumerate() {
                     let p = w.add(j * rb + b * B::BYTES);
                     let q = B::raw8(p);
                     let (d, mn) = B::scales8(p);
                     for (v, xt) in q.iter().zip(&xv) {
-                        let wv = dequant8::<B>(*v, d, mn);
-                        acc[0][j] = _mm256_fmadd_ps(*xt, wv, acc[0][j]);
+                        *a = _mm256_fmadd_ps(*xt, dequant8::<B>(*v, d, mn), *a);
                     }
                 }
                 continue;
