@@ -1,7 +1,8 @@
 //! Throughput probe for `matmul` that is robust to a loaded machine: reports multiply-adds per
 //! second of wall time and per second of CPU time (summed over the process's threads from
 //! /proc/self/task/*/schedstat, so time slices lost to other processes do not count).
-//! Run: `cargo run --release -p kiln-kernels --example gemm_probe -- M N K [dtype] [reps]`.
+//! Run: `cargo run --release -p kiln-kernels --example gemm_probe -- M N K [dtype] [reps]`,
+//! dtype one of f32 (default), bf16, q8_0, q4_0, q4_1.
 
 use half::bf16;
 use kiln_kernels::cpu::matmul::{matmul, MatmulParams};
@@ -46,24 +47,33 @@ fn main() {
     let x = data(m * k, 1);
     let wf = data(n * k, 2);
     let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
-    let q: Vec<u8> = {
-        let f = QuantFormat::Q4_1;
-        let mut b: Vec<u8> = data(f.row_bytes(k) * n, 3)
-            .iter()
-            .map(|&v| (v * 127.0) as i8 as u8)
-            .collect();
-        for blk in b.chunks_exact_mut(f.block_bytes()) {
-            blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-            blk[2..4].copy_from_slice(&half::f16::from_f32(-0.08).to_le_bytes());
-        }
-        b
+    // Quantized weights: random bytes as the integers, every block's scale 0.01 (and min
+    // -0.08 for Q4_1), so the values are in a plausible range.
+    let format = match dtype.as_str() {
+        "q8_0" => Some(QuantFormat::Q8_0),
+        "q4_0" => Some(QuantFormat::Q4_0),
+        "q4_1" => Some(QuantFormat::Q4_1),
+        _ => None,
     };
-    let w = match dtype.as_str() {
-        "bf16" => WeightSlice::BF16(&wb),
-        "q4_1" => WeightSlice::Quant {
-            format: QuantFormat::Q4_1,
-            bytes: &q,
-        },
+    let q: Vec<u8> = match format {
+        Some(f) => {
+            let mut b: Vec<u8> = data(f.row_bytes(k) * n, 3)
+                .iter()
+                .map(|&v| (v * 127.0) as i8 as u8)
+                .collect();
+            for blk in b.chunks_exact_mut(f.block_bytes()) {
+                blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+                if f == QuantFormat::Q4_1 {
+                    blk[2..4].copy_from_slice(&half::f16::from_f32(-0.08).to_le_bytes());
+                }
+            }
+            b
+        }
+        None => Vec::new(),
+    };
+    let w = match (dtype.as_str(), format) {
+        (_, Some(format)) => WeightSlice::Quant { format, bytes: &q },
+        ("bf16", _) => WeightSlice::BF16(&wb),
         _ => WeightSlice::F32(&wf),
     };
     let mut out = vec![0f32; m * n];

@@ -9,15 +9,19 @@
 //!
 //! Paths: M < 4 reads the stored weights directly (16-bit rows widened in registers), because
 //! each weight is used at most three times; M >= 4 widens a block of weight rows to f32 once
-//! into a per-thread scratch and reuses it across all rows of `x` with a 4×3 register tile.
-//! Work is split over blocks of N with rayon when the call is big enough to pay for it, and
-//! for large M also over row chunks (so a few weight blocks still balance over the threads).
-//! On the 2-core Zen 3 VM the 4×3 tile runs at ~57-77 GFLOP/s per CPU-second (peak 83 at
-//! the base clock); a packed 6×16 GEMM was measured no faster and dropped (docs/BENCHMARKS.md).
+//! into a per-thread scratch (f32 weights are read in place) and reuses it across all rows of
+//! `x` with a 4×3 register tile. K longer than 1024 is cut into blocks with each tile's lane
+//! accumulators carried from block to block (the order above is unchanged), so the 4 rows of
+//! x stay in L1 while the weight rows pass. Work is split over blocks of N with rayon when the
+//! call is big enough to pay for it, and for large M also over row chunks (so a few weight
+//! blocks still balance over the threads; with f32 weights chunk-major, so that a chunk of x
+//! stays in L2 while the weight blocks pass over it). On the 2-core EPYC VM the 4×3 tile runs
+//! at ~60-75 GFLOP/s per CPU-second (peak ~83); a packed 6×16 GEMM was measured no faster and
+//! dropped (docs/BENCHMARKS.md).
 //!
 //! GGML block-quantized weights (`WeightSlice::Quant`) go to `matmul_quant.rs`, a child module
-//! that reuses the blocked path here for M >= 4 and has its own fused GEMV for M < 4 (which
-//! does not follow the summation order above).
+//! that reuses the blocked path here for M >= 4 and has a fused GEMV for M < 4; both follow
+//! the order above on the dequantized values, so quantized rows are batch-invariant too.
 
 use super::WeightSlice;
 use half::{bf16, f16};
@@ -136,6 +140,10 @@ const MR: usize = 4;
 const NR: usize = 3;
 /// Weight rows per register tile for a single x row (8 independent FMA chains hide latency).
 const NR_GEMV: usize = 8;
+/// Longest K block of the blocked AVX2 tiles when K > 2·KC_MAX: 4 rows of x plus 3 weight
+/// rows of 512 f32 are 14 KiB, which stay in the 32 KiB L1 with the carried accumulators; at
+/// K = 1536 whole rows (24 KiB of x alone) did not (256 and no blocking measured slower).
+const KC_MAX: usize = 512;
 
 pub(crate) fn matmul_with(
     x: &[f32],
@@ -287,7 +295,7 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
     } else {
         DIRECT_BLOCK_ELEMS
     };
-    let nb = (elems / k).max(1).div_ceil(nr) * nr;
+    let nb = block_rows(n, k, nr, elems);
     let blocks = n.div_ceil(nb);
     let min_work = if blocked {
         PARALLEL_MIN_WORK
@@ -297,16 +305,29 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
     let parallel = blocks > 1 && m * n * k >= min_work;
     // Row chunks per weight block: with few blocks (e.g. 384×384 is 3 blocks) whole blocks
     // split unevenly over the threads, so large M is also cut into chunks of MR-multiples.
-    let chunks = if blocked && m * n * k >= PARALLEL_MIN_WORK {
+    let mut chunks = if blocked && m * n * k >= PARALLEL_MIN_WORK {
         row_chunks(m, blocks)
     } else {
         1
     };
+    // f32 weights are read in place (no widening per chunk), so x is also cut into chunks
+    // of about BLOCKED_BLOCK_ELEMS that stay in L2 while a thread's weight blocks pass over
+    // them, chunk-major: x (20 MB in a 3200 x 1536 prefill) is then read from DRAM once
+    // per call instead of once per weight block.
+    let chunk_major = blocked && blocks > 1 && T::as_f32(w).is_some();
+    if chunk_major {
+        let cap = (BLOCKED_BLOCK_ELEMS / k).max(MR) / MR * MR;
+        chunks = chunks.max(m.div_ceil(cap));
+    }
     let mc = m.div_ceil(chunks).div_ceil(MR) * MR;
     let chunks = m.div_ceil(mc);
     let optr = OutPtr(out.as_mut_ptr());
     let task = |t: usize| {
-        let (b, c) = (t / chunks, t % chunks);
+        let (b, c) = if chunk_major {
+            (t % blocks, t / blocks)
+        } else {
+            (t / chunks, t % chunks)
+        };
         let n0 = b * nb;
         let rows = nb.min(n - n0);
         let wb = &w[n0 * k..(n0 + rows) * k];
@@ -337,6 +358,20 @@ fn run<T: Weight>(x: &[f32], w: &[T], out: &mut [f32], p: MatmulParams, isa: Isa
     } else {
         (0..tasks).for_each(task);
     }
+}
+
+/// Weight rows per block: about `elems / k` at most, rounded up to a multiple of `nr`, with
+/// the blocks as equal as that allows and, when there are several, their count a multiple of
+/// the thread count. (576 rows at K = 576 used to be five blocks of 114 and one of 6, so one
+/// of two threads did 342 rows and the other 234.) Results do not depend on it.
+pub(crate) fn block_rows(n: usize, k: usize, nr: usize, elems: usize) -> usize {
+    let cap = (elems / k.max(1)).max(1).div_ceil(nr) * nr;
+    let mut blocks = n.div_ceil(cap);
+    if blocks > 1 {
+        let threads = rayon::current_num_threads().max(1);
+        blocks = blocks.div_ceil(threads) * threads;
+    }
+    n.div_ceil(blocks.max(1)).div_ceil(nr) * nr
 }
 
 /// Row chunks per weight block so that there are at least `TASKS_PER_THREAD` tasks per
@@ -431,23 +466,37 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::Weight;
+    use super::{Weight, KC_MAX};
     use crate::cpu::vecops::hsum;
     use std::arch::x86_64::*;
 
-    /// Register tile: R rows of x against C rows of w, each output one canonical-order dot.
+    /// Register tile: R rows of x against C rows of w over `k` columns `c0..c1` (multiples of
+    /// 8, `c1 <= k - k % 8`), each output one canonical-order dot. The R·C lane accumulators
+    /// start at zero (`first`) or from `st`, and end in `st` or, on the `last` K block, are
+    /// reduced, the `k % 8` tail added, and written to `o`. Each lane's FMA chain therefore
+    /// runs over k in the same order however K is cut into blocks: bit-identical to one block.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile<T: Weight, const R: usize, const C: usize>(
         x: *const f32,
         w: *const T,
         k: usize,
+        (c0, c1): (usize, usize),
+        st: *mut __m256,
+        (first, last): (bool, bool),
         o: *mut f32,
         ldo: usize,
     ) {
-        let k8 = k - k % 8;
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut c = 0;
-        while c < k8 {
+        if !first {
+            for (i, ai) in acc.iter_mut().enumerate() {
+                for (j, a) in ai.iter_mut().enumerate() {
+                    *a = *st.add(i * C + j);
+                }
+            }
+        }
+        let mut c = c0;
+        while c < c1 {
             let mut wv = [_mm256_setzero_ps(); C];
             for (j, v) in wv.iter_mut().enumerate() {
                 *v = T::load8(w.add(j * k + c));
@@ -460,10 +509,18 @@ mod avx2 {
             }
             c += 8;
         }
+        if !last {
+            for (i, ai) in acc.iter().enumerate() {
+                for (j, a) in ai.iter().enumerate() {
+                    *st.add(i * C + j) = *a;
+                }
+            }
+            return;
+        }
         for (i, ai) in acc.iter().enumerate() {
             for (j, a) in ai.iter().enumerate() {
                 let mut s = hsum(*a);
-                for t in k8..k {
+                for t in c1..k {
                     s = (*x.add(i * k + t)).mul_add((*w.add(j * k + t)).to_f32(), s);
                 }
                 *o.add(i * ldo + j) = s;
@@ -471,7 +528,61 @@ mod avx2 {
         }
     }
 
+    /// One group of R rows of x against all `rows` weight rows (C at a time, then the edge one
+    /// by one), K cut into `nkb` blocks of `kc` columns. With several blocks, the loop over
+    /// weight rows sits inside the loop over K blocks so that the R x rows' current block stays
+    /// in L1 while the weight rows stream past it; `st` carries R accumulators per weight row.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_group<T: Weight, const R: usize, const C: usize>(
+        x: *const f32,
+        w: *const T,
+        rows: usize,
+        k: usize,
+        kc: usize,
+        st: *mut __m256,
+        o: *mut f32,
+        ldo: usize,
+    ) {
+        let k8 = k - k % 8;
+        let full_n = rows - rows % C;
+        // The next group's R rows of x (contiguous after these) are fetched into L2 a slice
+        // per full tile, so that its first pass over the weights does not wait on DRAM (x of
+        // a 3200 x 1536 prefill is 20 MB: measured ~15% of the time without this). Prefetches
+        // do not fault; wrapping_add keeps the address arithmetic defined past the end of x.
+        let next = x.wrapping_add(R * k) as *const i8;
+        let lines = (R * k * 4).div_ceil(64);
+        let per_tile = lines.div_ceil((full_n / C * k8.div_ceil(kc.max(8))).max(1));
+        let mut line = 0;
+        let mut c0 = 0;
+        loop {
+            let c1 = (c0 + kc).min(k8);
+            let fl = (c0 == 0, c1 == k8);
+            let mut j = 0;
+            while j < full_n {
+                let end = (line + per_tile).min(lines);
+                while line < end {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(line * 64));
+                    line += 1;
+                }
+                let s = st.add(j * R);
+                tile::<T, R, C>(x, w.add(j * k), k, (c0, c1), s, fl, o.add(j), ldo);
+                j += C;
+            }
+            while j < rows {
+                let s = st.add(j * R);
+                tile::<T, R, 1>(x, w.add(j * k), k, (c0, c1), s, fl, o.add(j), ldo);
+                j += 1;
+            }
+            if c1 == k8 {
+                break;
+            }
+            c0 = c1;
+        }
+    }
+
     /// All tiles of an m × rows output block: R×C tiles, then the edges with narrower tiles.
+    /// K longer than 2·`KC_MAX` is cut into equal blocks (multiples of 8) of at most `KC_MAX`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tiles<T: Weight, const R: usize, const C: usize>(
         x: &[f32],
@@ -483,35 +594,31 @@ mod avx2 {
         ldo: usize,
     ) {
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        let k8 = k - k % 8;
+        // The GEMV tile (R = 1) reads each weight once: nothing to keep in L1. Up to
+        // 2·KC_MAX (K = 576, 1024) whole rows fit well enough and carrying the accumulators
+        // only costs (K = 576 cut in two measured slower).
+        let nkb = if R == 1 || k8 <= 2 * KC_MAX {
+            1
+        } else {
+            k8.div_ceil(KC_MAX)
+        };
+        let kc = k8.div_ceil(nkb).div_ceil(8) * 8;
+        // Carried accumulators, only touched with several K blocks (a few KiB: R per row).
+        let mut st = if nkb > 1 {
+            vec![_mm256_setzero_ps(); rows * R]
+        } else {
+            Vec::new()
+        };
+        let sp = st.as_mut_ptr();
         let full_m = m - m % R;
-        let full_n = rows - rows % C;
         let mut i = 0;
         while i < full_m {
-            let xi = xp.add(i * k);
-            let oi = o.add(i * ldo);
-            let mut j = 0;
-            while j < full_n {
-                tile::<T, R, C>(xi, wp.add(j * k), k, oi.add(j), ldo);
-                j += C;
-            }
-            while j < rows {
-                tile::<T, R, 1>(xi, wp.add(j * k), k, oi.add(j), ldo);
-                j += 1;
-            }
+            row_group::<T, R, C>(xp.add(i * k), wp, rows, k, kc, sp, o.add(i * ldo), ldo);
             i += R;
         }
         while i < m {
-            let xi = xp.add(i * k);
-            let oi = o.add(i * ldo);
-            let mut j = 0;
-            while j < full_n {
-                tile::<T, 1, C>(xi, wp.add(j * k), k, oi.add(j), ldo);
-                j += C;
-            }
-            while j < rows {
-                tile::<T, 1, 1>(xi, wp.add(j * k), k, oi.add(j), ldo);
-                j += 1;
-            }
+            row_group::<T, 1, C>(xp.add(i * k), wp, rows, k, kc, sp, o.add(i * ldo), ldo);
             i += 1;
         }
     }

@@ -1,24 +1,27 @@
 //! `matmul` for GGML block-quantized weights (Q8_0, Q4_0, Q4_1); a child module of `matmul`.
 //!
-//! M >= 4 (prefill): each block of weight rows is dequantized exactly (as `dequantize_row`) into
-//! the per-thread f32 scratch and handed to the f32 register-tile path of `matmul`, so results
-//! equal `matmul` with F32 weights on the dequantized matrix, bit for bit.
+//! Every output follows the canonical order of `matmul` on the dequantized matrix (the values
+//! of `dequantize_row`, bit for bit), whatever the path, so a row's result does not depend on
+//! M or on which path ran (batch invariance, as for float weights):
 //!
-//! M < 4 (decode GEMV): fused dequant-dot that never materialises a weight row, because decode
-//! is memory-bound and the quantized bytes are 3-6x smaller than bf16. Per 32-element block
-//! the stored integers are widened to f32 and dotted with x, and the scales are applied once
-//! per block: `d·Σ qᵢxᵢ` (Q8_0), `d·Σ qᵢxᵢ + d·(−8·Σ xᵢ)` (Q4_0), `d·Σ qᵢxᵢ + m·Σ xᵢ` (Q4_1), the
-//! per-block sums of x computed once per call and shared by all N rows. The summation order
-//! differs from the f32 path, so these results match the exact dot product within f32 rounding
-//! rather than bit for bit; they do not depend on how the rows are split over threads.
+//! M >= 4 (prefill, batched decode): each block of weight rows is dequantized once per call
+//! into the per-thread f32 scratch and handed to the f32 register tiles of `matmul`.
+//!
+//! M < 4 (decode GEMV, AVX2): fused dequant-dot that never materialises a weight row, because
+//! decode is memory-bound and the quantized bytes are 3-6x smaller than bf16: per 32-element
+//! block the integers are widened and scaled in registers by the same `dequant8` as the
+//! dequantization, then multiply-added into eight lanes in k order, exactly as the f32 tiles.
+//! (Until session 4 this path scaled per block, `d·Σqᵢxᵢ`, which differed from the M >= 4
+//! path in the last bits: a request's greedy tokens could change with the batch around it.)
+//! The portable fallback takes the dequantize-then-tile path for every M.
 
 use super::{tiles, Isa, MatmulParams, OutPtr, Rows, SCRATCH};
 use super::{BLOCKED_BLOCK_ELEMS, MR, NR, PARALLEL_MIN_WORK};
 use crate::cpu::quant::{dequantize_row_with, Block, QuantFormat, Q4_0, Q4_1, Q8_0, QK};
 use rayon::prelude::*;
 
-/// Weight rows per GEMV register tile: independent FMA chains per x row.
-const R_GEMV: usize = 4;
+/// Weight rows per GEMV task are a multiple of this: the tile widths below divide it.
+const R_GEMV: usize = 8;
 /// Quantized bytes per rayon task on the GEMV path.
 const GEMV_TASK_BYTES: usize = 1 << 15;
 /// Below this many quantized bytes a GEMV runs on the calling thread: the 192×576 projections
@@ -41,7 +44,7 @@ pub(super) fn run(
         out[..m * n].fill(0.0);
         return;
     }
-    if m >= MR {
+    if m >= MR || isa == Isa::Portable {
         prefill(x, format, bytes, out, p, isa);
         return;
     }
@@ -63,7 +66,7 @@ fn prefill(
 ) {
     let MatmulParams { m, n, k } = p;
     let rb = format.row_bytes(k);
-    let nb = (BLOCKED_BLOCK_ELEMS / k).max(1).div_ceil(NR) * NR;
+    let nb = super::block_rows(n, k, NR, BLOCKED_BLOCK_ELEMS);
     let blocks = n.div_ceil(nb);
     let optr = OutPtr(out.as_mut_ptr());
     let task = |b: usize| {
@@ -94,35 +97,14 @@ fn prefill(
     }
 }
 
-/// Per x row and block, `scale·Σx` in eight lanes (lane l: elements l, l+8, l+16, l+24): the
-/// `m·Σx` term of Q4_1 (scale 1) or Q4_0's offset `d·(−8·Σx)` (scale −8, exact: a power of
-/// two), kept as a vector so the AVX2 path adds it with one FMA per block and reduces the
-/// lanes only once per output.
-fn block_sums(x: &[f32], m: usize, k: usize, scale: f32) -> Vec<f32> {
-    let mut xs = vec![0f32; m * k / QK * 8];
-    for (xb, s) in x[..m * k].chunks_exact(QK).zip(xs.chunks_exact_mut(8)) {
-        for (l, sl) in s.iter_mut().enumerate() {
-            *sl = scale * ((xb[l] + xb[l + 8]) + (xb[l + 16] + xb[l + 24]));
-        }
-    }
-    xs
-}
-
+/// The fused GEMV (AVX2 only: the portable path always dequantizes, see `run`).
 fn gemv<B: Block>(x: &[f32], bytes: &[u8], out: &mut [f32], p: MatmulParams, isa: Isa) {
     let MatmulParams { m, n, k } = p;
     let rb = B::BYTES * (k / QK);
-    // The portable path offsets the integers itself and only reads these for Q4_1's m·Σx.
-    let xs = if B::HAS_MIN {
-        block_sums(x, m, k, 1.0)
-    } else if B::OFFSET != 0 {
-        block_sums(x, m, k, -(B::OFFSET as f32))
-    } else {
-        Vec::new()
-    };
     let nb = (GEMV_TASK_BYTES / rb).max(1).div_ceil(R_GEMV) * R_GEMV;
     let blocks = n.div_ceil(nb);
     let optr = OutPtr(out.as_mut_ptr());
-    let (x, xs) = (&x[..m * k], &xs[..]);
+    let x = &x[..m * k];
     let task = |b: usize| {
         let n0 = b * nb;
         let rows = nb.min(n - n0);
@@ -131,12 +113,14 @@ fn gemv<B: Block>(x: &[f32], bytes: &[u8], out: &mut [f32], p: MatmulParams, isa
         unsafe {
             let o = optr.get().add(n0);
             match isa {
-                Isa::Portable => portable::gemv::<B>(x, xs, m, w, rows, k, o, n),
+                Isa::Portable => unreachable!("the portable path dequantizes (see `run`)"),
                 #[cfg(target_arch = "x86_64")]
+                // MX·R accumulators: enough independent FMA chains (each lane's chain is
+                // sequential in k) without spilling the 16 ymm registers (3 x 4 spilled).
                 Isa::Avx2 => match m {
-                    1 => avx2::gemv::<B, 1>(x, xs, w, rows, k, o, n),
-                    2 => avx2::gemv::<B, 2>(x, xs, w, rows, k, o, n),
-                    _ => avx2::gemv::<B, 3>(x, xs, w, rows, k, o, n),
+                    1 => avx2::gemv::<B, 1, 8>(x, w, rows, k, o, n),
+                    2 => avx2::gemv::<B, 2, 4>(x, w, rows, k, o, n),
+                    _ => avx2::gemv::<B, 3, 2>(x, w, rows, k, o, n),
                 },
             }
         }
@@ -148,61 +132,20 @@ fn gemv<B: Block>(x: &[f32], bytes: &[u8], out: &mut [f32], p: MatmulParams, isa
     }
 }
 
-mod portable {
-    use super::{Block, QK};
-
-    /// One output at a time: per block, the f32 dot of the integer values with x, scaled.
-    ///
-    /// # Safety
-    /// `o + i * ldo + j` must be writable for i < m, j < rows; `w` holds `rows` rows.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemv<B: Block>(
-        x: &[f32],
-        xs: &[f32],
-        m: usize,
-        w: &[u8],
-        rows: usize,
-        k: usize,
-        o: *mut f32,
-        ldo: usize,
-    ) {
-        let nbk = k / QK;
-        let rb = nbk * B::BYTES;
-        let mut q = [0f32; QK];
-        for j in 0..rows {
-            let wr = &w[j * rb..(j + 1) * rb];
-            for i in 0..m {
-                let mut acc = 0f32;
-                for (b, blk) in wr.chunks_exact(B::BYTES).enumerate() {
-                    let (d, mn) = B::scales(blk);
-                    B::values(blk, &mut q);
-                    let xb = &x[i * k + b * QK..i * k + (b + 1) * QK];
-                    let s = q.iter().zip(xb).fold(0f32, |s, (a, b)| a.mul_add(*b, s));
-                    acc = d.mul_add(s, acc);
-                    if B::HAS_MIN {
-                        let sx: f32 = xs[(i * nbk + b) * 8..(i * nbk + b + 1) * 8].iter().sum();
-                        acc = mn.mul_add(sx, acc);
-                    }
-                }
-                *o.add(i * ldo + j) = acc;
-            }
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Block, QK, R_GEMV};
+    use super::{Block, QK};
+    use crate::cpu::quant::dequant8;
     use crate::cpu::vecops::hsum;
     use std::arch::x86_64::*;
 
     /// MX rows of x against R weight rows (row stride `rb` bytes): MX·R vector accumulators,
-    /// each block's dot kept in its own short chain and folded in with one FMA by `d`.
+    /// lane l of each summing k ≡ l (mod 8) in k order with FMAs on the dequantized values,
+    /// then `hsum` (= `reduce8`): the canonical order of `matmul`, no tail since 32 | k.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<B: Block, const MX: usize, const R: usize>(
         x: *const f32,
-        xs: *const f32,
         k: usize,
         w: *const u8,
         rb: usize,
@@ -226,26 +169,30 @@ mod avx2 {
                     off += 64;
                 }
             }
+            if MX == 1 {
+                // One x row: its block's 4 vectors are loaded once for the R weight rows.
+                let xb = x.add(b * QK);
+                let xv = [0, 8, 16, 24].map(|t| _mm256_loadu_ps(xb.add(t)));
+                for (j, a) in acc[0].iter_mut().enumerate() {
+                    let p = w.add(j * rb + b * B::BYTES);
+                    let q = B::raw8(p);
+                    let (d, mn) = B::scales8(p);
+                    for (v, xt) in q.iter().zip(&xv) {
+                        *a = _mm256_fmadd_ps(*xt, dequant8::<B>(*v, d, mn), *a);
+                    }
+                }
+                continue;
+            }
             for j in 0..R {
                 let p = w.add(j * rb + b * B::BYTES);
                 let q = B::raw8(p);
                 let (d, mn) = B::scales8(p);
-                // Q4_0's offset term is d·(−8·Σx): the block sums come pre-scaled.
-                let off = if B::HAS_MIN { mn } else { d };
-                for (i, ai) in acc.iter_mut().enumerate() {
-                    let xp = x.add(i * k + b * QK);
-                    // One 4-deep chain per block; the R rows (and the next blocks, which do
-                    // not depend on it) give the out-of-order core independent work.
-                    let mut s = _mm256_mul_ps(_mm256_loadu_ps(xp), q[0]);
-                    s = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8)), q[1], s);
-                    s = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(16)), q[2], s);
-                    s = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(24)), q[3], s);
-                    let mut a = _mm256_fmadd_ps(d, s, ai[j]);
-                    if B::HAS_MIN || B::OFFSET != 0 {
-                        let sx = _mm256_loadu_ps(xs.add((i * nbk + b) * 8));
-                        a = _mm256_fmadd_ps(off, sx, a);
+                for (t, v) in q.iter().enumerate() {
+                    let wv = dequant8::<B>(*v, d, mn);
+                    for (i, ai) in acc.iter_mut().enumerate() {
+                        let xv = _mm256_loadu_ps(x.add(i * k + b * QK + 8 * t));
+                        ai[j] = _mm256_fmadd_ps(xv, wv, ai[j]);
                     }
-                    ai[j] = a;
                 }
             }
         }
@@ -256,16 +203,14 @@ mod avx2 {
         }
     }
 
-    /// All weight rows of a task, R_GEMV at a time, then the remainder one by one.
+    /// All weight rows of a task, R at a time, then the remainder one by one.
     ///
     /// # Safety
-    /// AVX2, FMA and F16C must be available; `x` holds MX·k values, `xs` the block sums (Q4_1),
-    /// `w` holds `rows` rows, and `o + i * ldo + j` is writable for i < MX, j < rows.
+    /// AVX2, FMA and F16C must be available; `x` holds MX·k values, `w` holds `rows` rows,
+    /// and `o + i * ldo + j` is writable for i < MX, j < rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemv<B: Block, const MX: usize>(
+    pub(super) unsafe fn gemv<B: Block, const MX: usize, const R: usize>(
         x: &[f32],
-        xs: &[f32],
         w: &[u8],
         rows: usize,
         k: usize,
@@ -273,16 +218,16 @@ mod avx2 {
         ldo: usize,
     ) {
         let rb = k / QK * B::BYTES;
-        let (xp, sp, wp) = (x.as_ptr(), xs.as_ptr(), w.as_ptr());
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
         // One tile ahead: measured best (two or four tiles were no better, none ~1.5-3x slower).
-        let pf = R_GEMV * rb;
+        let pf = R * rb;
         let mut j = 0;
-        while j + R_GEMV <= rows {
-            tile::<B, MX, R_GEMV>(xp, sp, k, wp.add(j * rb), rb, pf, o.add(j), ldo);
-            j += R_GEMV;
+        while j + R <= rows {
+            tile::<B, MX, R>(xp, k, wp.add(j * rb), rb, pf, o.add(j), ldo);
+            j += R;
         }
         while j < rows {
-            tile::<B, MX, 1>(xp, sp, k, wp.add(j * rb), rb, 0, o.add(j), ldo);
+            tile::<B, MX, 1>(xp, k, wp.add(j * rb), rb, 0, o.add(j), ldo);
             j += 1;
         }
     }

@@ -94,7 +94,19 @@ fn simd_and_portable_agree_bitwise() {
     }
     let s = seed(0x5eed_0002);
     let mut rng = Rng::new(s);
-    for &(m, n, k) in &[(1, 45, 83), (2, 19, 64), (6, 40, 77), (9, 300, 576)] {
+    // The last four cut K into blocks (1107: three blocks and a 3-element tail; 1536: three
+    // full blocks), with edge rows and edge weight columns; 70 x 100 x 1100 also runs as two
+    // row chunks x two weight blocks, chunk-major (f32) or block-major (16-bit).
+    for &(m, n, k) in &[
+        (1, 45, 83),
+        (2, 19, 64),
+        (6, 40, 77),
+        (9, 300, 576),
+        (7, 11, 1107),
+        (12, 9, 1536),
+        (5, 4, 1032),
+        (70, 100, 1100),
+    ] {
         let p = MatmulParams { m, n, k };
         let x = rng.vec(m * k);
         let wf = rng.vec(n * k);

@@ -104,25 +104,39 @@ unsafe fn avx2_dequant<B: Block>(bytes: &[u8], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let blocks = (bytes.len() / B::BYTES).min(out.len() / QK);
     let (src, dst) = (bytes.as_ptr(), out.as_mut_ptr());
-    let offset = _mm256_set1_ps(B::OFFSET as f32);
     for i in 0..blocks {
         let p = src.add(i * B::BYTES);
         let q = B::raw8(p);
         let (d, m) = B::scales8(p);
         for (t, v) in q.iter().enumerate() {
-            // q − 8 is exact in f32 (small integers), so this equals converting (q − 8).
-            let v = if B::OFFSET != 0 {
-                _mm256_sub_ps(*v, offset)
-            } else {
-                *v
-            };
-            // Separate multiply and add (not FMA) to round exactly as the scalar reference.
-            let mut y = _mm256_mul_ps(v, d);
-            if B::HAS_MIN {
-                y = _mm256_add_ps(y, m);
-            }
-            _mm256_storeu_ps(dst.add(i * QK + 8 * t), y);
+            _mm256_storeu_ps(dst.add(i * QK + 8 * t), dequant8::<B>(*v, d, m));
         }
+    }
+}
+
+/// Eight stored integers (`raw8`) to their f32 values with the block's `d` and `m`, rounding
+/// exactly as the scalar reference: the one formula of the AVX2 dequantization and of the
+/// fused GEMV in `matmul_quant.rs`, which must agree bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn dequant8<B: Block>(
+    v: std::arch::x86_64::__m256,
+    d: std::arch::x86_64::__m256,
+    m: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // q − 8 is exact in f32 (small integers), so this equals converting (q − 8).
+    let v = if B::OFFSET != 0 {
+        _mm256_sub_ps(v, _mm256_set1_ps(B::OFFSET as f32))
+    } else {
+        v
+    };
+    // Separate multiply and add (not FMA) to round exactly as the scalar reference.
+    let y = _mm256_mul_ps(v, d);
+    if B::HAS_MIN {
+        _mm256_add_ps(y, m)
+    } else {
+        y
     }
 }
 
@@ -141,7 +155,7 @@ pub(crate) trait Block: Copy + Send + Sync + 'static {
     #[cfg(target_arch = "x86_64")]
     unsafe fn scales8(p: *const u8) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
     /// The 32 stored integers (before `OFFSET`) as four f32 vectors: elements 0..8, 8..16,
-    /// 16..24, 24..32. The GEMV applies the offset per block through Σx instead.
+    /// 16..24, 24..32 (`dequant8` turns each into values).
     #[cfg(target_arch = "x86_64")]
     unsafe fn raw8(p: *const u8) -> [std::arch::x86_64::__m256; 4];
 }
