@@ -3,9 +3,8 @@
 //! head of that KV head's group through `attn_core` (which fixes the operation order every
 //! attention variant shares: sequential-FMA scores, `softmax_in_place`, key-ordered P·V).
 
-use super::attn_core::{self, OutPtr, Row, Rows, Task};
-use super::softmax::visible;
-use rayon::prelude::*;
+use super::attn_core::{self, Rows, SeqRows, Task, TASK_ROWS};
+use super::OutPtr;
 
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionParams {
@@ -18,13 +17,6 @@ pub struct AttentionParams {
     /// Query row i sits at absolute position `kv_len - q_len + i` and sees keys `0..=` that.
     pub causal: bool,
 }
-
-/// Minimum multiply-adds per rayon task.
-pub(crate) const TASK_WORK: usize = 1 << 15;
-
-/// Query rows (all heads of a GQA group together) per task: enough to amortize packing the
-/// keys once per task, few enough to spread a single sequence over the threads.
-pub(crate) const TASK_ROWS: usize = 192;
 
 /// Scaled dot-product attention with GQA (query head h reads kv head h / (num_heads / num_kv_heads)).
 /// `q`: [q_len, num_heads, head_dim]; `k`, `v`: [kv_len, num_kv_heads, head_dim];
@@ -60,24 +52,19 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionP
     let kv_stride = num_kv_heads * d;
     let block = (TASK_ROWS / group).max(1);
     let blocks = q_len.div_ceil(block);
+    let seq = SeqRows {
+        start: 0,
+        q_len,
+        ctx: kv_len,
+        heads: num_heads,
+        d,
+        causal,
+    };
     let out = OutPtr(out[..q_size].as_mut_ptr());
     let task = |i: usize| {
         let (b, kvh) = (i / num_kv_heads, i % num_kv_heads);
         let (t0, t1) = (b * block, ((b + 1) * block).min(q_len));
-        let mut rows = Vec::with_capacity((t1 - t0) * group);
-        for h in kvh * group..(kvh + 1) * group {
-            for t in t0..t1 {
-                let seen = if causal {
-                    visible(t, q_len, kv_len)
-                } else {
-                    kv_len
-                };
-                rows.push(Row {
-                    at: (t * num_heads + h) * d,
-                    seen,
-                });
-            }
-        }
+        let rows = seq.rows(t0..t1, kvh * group..(kvh + 1) * group);
         let rows_of = |data| Rows::Dense {
             data,
             off: kvh * d,
@@ -95,54 +82,52 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], p: AttentionP
         // (sizes asserted above; seen <= kv_len).
         unsafe { attn_core::run(&t, &rows, out) };
     };
-    let tasks = blocks * num_kv_heads;
-    let work = q_len * num_heads * kv_len * d;
-    if work < 2 * TASK_WORK || tasks == 1 {
-        (0..tasks).for_each(task);
-    } else {
-        let per_task = (block * group * kv_len * d).max(1);
-        let min_len = (TASK_WORK / per_task).max(1);
-        (0..tasks)
-            .into_par_iter()
-            .with_min_len(min_len)
-            .for_each(task);
-    }
+    attn_core::spread(blocks * num_kv_heads, q_len * num_heads * kv_len * d, task);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::softmax::softmax_in_place;
+    use crate::cpu::softmax::{softmax_in_place, visible};
     use crate::cpu::testutil::{assert_close, seed, Rng};
+
+    /// Every (query position, head) of `p` as (offset of its d values in q and out, its KV
+    /// head, how many keys it sees): the geometry both reference loops below walk.
+    fn query_rows(p: AttentionParams) -> impl Iterator<Item = (usize, usize, usize)> {
+        let group = p.num_heads / p.num_kv_heads;
+        (0..p.q_len).flat_map(move |t| {
+            let seen = if p.causal {
+                visible(t, p.q_len, p.kv_len)
+            } else {
+                p.kv_len
+            };
+            (0..p.num_heads).map(move |h| ((t * p.num_heads + h) * p.head_dim, h / group, seen))
+        })
+    }
+
+    /// Key or value row j of KV head `kvh` in a [kv_len, num_kv_heads, head_dim] tensor.
+    fn kv_row(x: &[f32], j: usize, kvh: usize, p: AttentionParams) -> &[f32] {
+        &x[(j * p.num_kv_heads + kvh) * p.head_dim..][..p.head_dim]
+    }
 
     /// The defining order, written out: scores one `mul_add` per element in order from +0,
     /// times the scale; `softmax_in_place`; the weighted sum one `mul_add` per key in order.
     fn sequential(q: &[f32], k: &[f32], v: &[f32], p: AttentionParams) -> Vec<f32> {
         let d = p.head_dim;
-        let group = p.num_heads / p.num_kv_heads;
         let mut out = vec![0f32; p.q_len * p.num_heads * d];
-        for t in 0..p.q_len {
-            for h in 0..p.num_heads {
-                let kvh = h / group;
-                let seen = if p.causal {
-                    visible(t, p.q_len, p.kv_len)
-                } else {
-                    p.kv_len
-                };
-                let qv = &q[(t * p.num_heads + h) * d..][..d];
-                let mut sc: Vec<f32> = (0..seen)
-                    .map(|j| {
-                        let kj = &k[(j * p.num_kv_heads + kvh) * d..][..d];
-                        qv.iter().zip(kj).fold(0f32, |a, (x, y)| x.mul_add(*y, a)) * p.scale
-                    })
-                    .collect();
-                softmax_in_place(&mut sc);
-                let o = &mut out[(t * p.num_heads + h) * d..][..d];
-                for (j, &pj) in sc.iter().enumerate() {
-                    let vj = &v[(j * p.num_kv_heads + kvh) * d..][..d];
-                    for (o, &x) in o.iter_mut().zip(vj) {
-                        *o = pj.mul_add(x, *o);
-                    }
+        for (at, kvh, seen) in query_rows(p) {
+            let qv = &q[at..][..d];
+            let mut sc: Vec<f32> = (0..seen)
+                .map(|j| {
+                    let kj = kv_row(k, j, kvh, p);
+                    qv.iter().zip(kj).fold(0f32, |a, (x, y)| x.mul_add(*y, a)) * p.scale
+                })
+                .collect();
+            softmax_in_place(&mut sc);
+            let o = &mut out[at..][..d];
+            for (j, &pj) in sc.iter().enumerate() {
+                for (o, &x) in o.iter_mut().zip(kv_row(v, j, kvh, p)) {
+                    *o = pj.mul_add(x, *o);
                 }
             }
         }
@@ -214,36 +199,25 @@ mod tests {
 
     fn reference(q: &[f32], k: &[f32], v: &[f32], p: AttentionParams) -> Vec<f64> {
         let d = p.head_dim;
-        let group = p.num_heads / p.num_kv_heads;
         let mut out = vec![0f64; p.q_len * p.num_heads * d];
-        for t in 0..p.q_len {
-            for h in 0..p.num_heads {
-                let kvh = h / group;
-                let seen = if p.causal {
-                    visible(t, p.q_len, p.kv_len)
-                } else {
-                    p.kv_len
-                };
-                let qv = &q[(t * p.num_heads + h) * d..][..d];
-                let s: Vec<f64> = (0..seen)
-                    .map(|j| {
-                        let kj = &k[(j * p.num_kv_heads + kvh) * d..][..d];
-                        qv.iter()
-                            .zip(kj)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>()
-                            * p.scale as f64
-                    })
-                    .collect();
-                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = s.iter().map(|x| (x - max).exp()).sum();
-                let o = &mut out[(t * p.num_heads + h) * d..][..d];
-                for (j, sj) in s.iter().enumerate() {
-                    let pj = (sj - max).exp() / sum;
-                    let vj = &v[(j * p.num_kv_heads + kvh) * d..][..d];
-                    for (o, &vv) in o.iter_mut().zip(vj) {
-                        *o += pj * vv as f64;
-                    }
+        for (at, kvh, seen) in query_rows(p) {
+            let qv = &q[at..][..d];
+            let s: Vec<f64> = (0..seen)
+                .map(|j| {
+                    qv.iter()
+                        .zip(kv_row(k, j, kvh, p))
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        * p.scale as f64
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = s.iter().map(|x| (x - max).exp()).sum();
+            let o = &mut out[at..][..d];
+            for (j, sj) in s.iter().enumerate() {
+                let pj = (sj - max).exp() / sum;
+                for (o, &vv) in o.iter_mut().zip(kv_row(v, j, kvh, p)) {
+                    *o += pj * vv as f64;
                 }
             }
         }

@@ -15,8 +15,18 @@
 //! loop, and on an FMA machine gives the same bits (`mul_add` is the same fused operation).
 
 use super::paged_attention::CacheElem;
-use super::softmax::softmax_in_place;
+use super::softmax::{softmax_in_place, visible};
+use super::OutPtr;
+use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
+
+/// Minimum multiply-adds per rayon task.
+const TASK_WORK: usize = 1 << 15;
+
+/// Query rows (all heads of a GQA group together) per task: enough to amortize packing the
+/// keys once per task, few enough to spread a single sequence over the threads.
+pub(crate) const TASK_ROWS: usize = 192;
 
 /// Keys per packed K^T panel (two AVX2 vectors).
 pub(crate) const PANEL: usize = 16;
@@ -123,13 +133,54 @@ pub(crate) struct Row {
     pub seen: usize,
 }
 
-/// A raw output pointer that tasks on different threads write disjoint rows through.
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr(pub *mut f32);
-// SAFETY: every task writes only its own rows' d values (disjoint by construction in each
-// caller); the pointer is only dereferenced within the borrow of the output slice.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+/// One sequence's query rows in q and out ([rows, heads, d]): `q_len` positions from row
+/// `start`, against `ctx` keys (causal: each position sees keys up to its own).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SeqRows {
+    pub start: usize,
+    pub q_len: usize,
+    pub ctx: usize,
+    pub heads: usize,
+    pub d: usize,
+    pub causal: bool,
+}
+
+impl SeqRows {
+    /// The rows of positions `positions` for each query head in `heads` (one GQA group),
+    /// head by head: the rows of one task.
+    pub(crate) fn rows(&self, positions: Range<usize>, heads: Range<usize>) -> Vec<Row> {
+        let mut rows = Vec::with_capacity(positions.len() * heads.len());
+        for h in heads {
+            for t in positions.clone() {
+                let seen = if self.causal {
+                    visible(t, self.q_len, self.ctx)
+                } else {
+                    self.ctx
+                };
+                rows.push(Row {
+                    at: ((self.start + t) * self.heads + h) * self.d,
+                    seen,
+                });
+            }
+        }
+        rows
+    }
+}
+
+/// Runs tasks `0..tasks` that share `work` multiply-adds: on the calling thread when that is
+/// too little to pay for waking rayon, else over rayon with at least `TASK_WORK` per job.
+pub(crate) fn spread(tasks: usize, work: usize, task: impl Fn(usize) + Sync + Send) {
+    if work < 2 * TASK_WORK || tasks == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        let per_task = (work / tasks.max(1)).max(1);
+        let min_len = (TASK_WORK / per_task).max(1);
+        (0..tasks)
+            .into_par_iter()
+            .with_min_len(min_len)
+            .for_each(task);
+    }
+}
 
 thread_local! {
     /// Packed K^T panels of the current task.
@@ -163,7 +214,7 @@ pub(crate) unsafe fn portable<T: CacheElem>(task: &Task<'_, T>, rows: &[Row], ou
     let (kd, vd) = (task.keys.data(), task.values.data());
     let mut scores = Vec::new();
     for r in rows {
-        let o = std::slice::from_raw_parts_mut(out.0.add(r.at), d);
+        let o = std::slice::from_raw_parts_mut(out.get().add(r.at), d);
         o.fill(0.0);
         if r.seen == 0 {
             continue;
@@ -551,7 +602,7 @@ mod avx2 {
                 let mut live = Vec::with_capacity(nrows);
                 for (r, row) in rows.iter().enumerate() {
                     if row.seen == 0 {
-                        std::slice::from_raw_parts_mut(out.0.add(row.at), d).fill(0.0);
+                        std::slice::from_raw_parts_mut(out.get().add(row.at), d).fill(0.0);
                     } else {
                         softmax_in_place(std::slice::from_raw_parts_mut(sp.add(r * ld), row.seen));
                         live.push(r);
@@ -608,11 +659,11 @@ mod avx2 {
             for g in live.chunks(3) {
                 let mut p = [sp as *const f32; 3];
                 let mut seen = [0usize; 3];
-                let mut o = [out.0; 3];
+                let mut o = [out.get(); 3];
                 for (x, &r) in g.iter().enumerate() {
                     p[x] = sp.add(r * ld);
                     seen[x] = rows[r].seen;
-                    o[x] = out.0.add(rows[r].at);
+                    o[x] = out.get().add(rows[r].at);
                 }
                 if seen[..g.len()].iter().all(|&sn| sn <= ja) {
                     continue;

@@ -23,7 +23,7 @@
 //! that reuses the blocked path here for M >= 4 and has a fused GEMV for M < 4; both follow
 //! the order above on the dequantized values, so quantized rows are batch-invariant too.
 
-use super::WeightSlice;
+use super::{OutPtr, WeightSlice};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -258,20 +258,6 @@ impl Weight for f16 {
     unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-    }
-}
-
-/// `out` as a raw pointer that rayon tasks may share: each task writes a disjoint set of
-/// columns of `out`, which `par_chunks_mut` cannot express for a row-major [m, n] output.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements only (see `run`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    // A method (not `.0`) so closures capture the whole Send wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -26,6 +26,22 @@ mod testutil;
 
 use half::{bf16, f16};
 
+/// An output buffer as a raw pointer that rayon tasks may share: each task writes a disjoint
+/// set of its elements (columns of a row-major [m, n] matmul output, rows of an attention
+/// output), which `par_chunks_mut` cannot express.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: every user writes disjoint elements from each task (see the call sites), and only
+// within the borrow of the output slice the pointer came from.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    // A method (not `.0`) so closures capture the whole Send wrapper, not the raw field.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A row-major weight matrix (or table) as stored: f32, or 16-bit with f32 accumulation, or
 /// GGML blocks (row n is `format.row_bytes(k)` bytes; k a multiple of 32).
 #[derive(Clone, Copy, Debug)]

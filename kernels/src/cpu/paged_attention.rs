@@ -11,10 +11,8 @@
 //! through `attn_core`: same score sums, softmax and accumulation order), so paged and dense
 //! attention agree bit for bit and a row's result does not depend on the batch around it.
 
-use super::attention::{TASK_ROWS, TASK_WORK};
-use super::attn_core::{self, OutPtr, Row, Rows, Task};
-use super::softmax::visible;
-use rayon::prelude::*;
+use super::attn_core::{self, Rows, SeqRows, Task, TASK_ROWS};
+use super::OutPtr;
 
 /// A slot value that means "no slot" (padding): its token is not written.
 pub const NO_SLOT: u32 = u32::MAX;
@@ -222,25 +220,21 @@ pub fn paged_attention<T: CacheElem>(
         }
     }
     let outp = OutPtr(out[..rows * heads * d].as_mut_ptr());
-    let task = |&(s, kvh, t0, t1): &(usize, usize, usize, usize)| {
+    let task = |i: usize| {
+        let (s, kvh, t0, t1) = tasks[i];
         let start = batch.cu_seqlens[s] as usize;
         let q_len = batch.cu_seqlens[s + 1] as usize - start;
         let ctx = batch.context_lens[s] as usize;
         let table = &batch.block_tables[s * p.max_blocks..][..p.max_blocks];
-        let mut rows = Vec::with_capacity((t1 - t0) * group);
-        for h in kvh * group..(kvh + 1) * group {
-            for t in t0..t1 {
-                let seen = if p.causal {
-                    visible(t, q_len, ctx)
-                } else {
-                    ctx
-                };
-                rows.push(Row {
-                    at: ((start + t) * heads + h) * d,
-                    seen,
-                });
-            }
-        }
+        let seq = SeqRows {
+            start,
+            q_len,
+            ctx,
+            heads,
+            d,
+            causal: p.causal,
+        };
+        let rows = seq.rows(t0..t1, kvh * group..(kvh + 1) * group);
         let rows_of = |data| Rows::Paged {
             data,
             table,
@@ -261,13 +255,7 @@ pub fn paged_attention<T: CacheElem>(
         // of the table, and the pages inside the cache (length asserted above).
         unsafe { attn_core::run(&t, &rows, outp) };
     };
-    if work < 2 * TASK_WORK || tasks.len() == 1 {
-        tasks.iter().for_each(task);
-    } else {
-        let per_task = (work / tasks.len()).max(1);
-        let min_len = (TASK_WORK / per_task).max(1);
-        tasks.par_iter().with_min_len(min_len).for_each(task);
-    }
+    attn_core::spread(tasks.len(), work, task);
 }
 
 #[cfg(test)]
