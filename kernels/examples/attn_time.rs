@@ -1,5 +1,8 @@
 //! Attention timing by CPU time (robust to other processes on a shared machine):
 //! `cargo run --release -p kiln-kernels --example attn_time -- [encoder|prefill|decode] [iters]`.
+mod common;
+
+use common::{cpu_ns, data};
 use kiln_kernels::cpu::attention::{attention, AttentionParams};
 use kiln_kernels::cpu::paged_attention::{
     paged_attention, reshape_and_cache, CacheShape, PagedAttentionParams, PagedBatch,
@@ -7,32 +10,13 @@ use kiln_kernels::cpu::paged_attention::{
 use kiln_kernels::cpu::varlen_attention::{varlen_attention, VarlenAttentionParams, VarlenBatch};
 use std::time::Instant;
 
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-/// User + system CPU seconds of this process.
-fn cpu() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
 fn time(name: &str, iters: usize, flops: f64, mut f: impl FnMut()) {
     f();
-    let (w, c) = (Instant::now(), cpu());
+    let (w, c) = (Instant::now(), cpu_ns());
     for _ in 0..iters {
         f();
     }
-    let (w, c) = (w.elapsed().as_secs_f64(), cpu() - c);
+    let (w, c) = (w.elapsed().as_secs_f64(), (cpu_ns() - c) as f64 * 1e-9);
     println!(
         "{name}: {:.3} ms wall/iter, {:.3} ms cpu/iter, {:.1} GFLOP/s wall, {:.1} GFLOP/cpu-s",
         w * 1e3 / iters as f64,

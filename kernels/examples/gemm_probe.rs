@@ -4,39 +4,14 @@
 //! Run: `cargo run --release -p kiln-kernels --example gemm_probe -- M N K [dtype] [reps]`,
 //! dtype one of f32 (default), bf16, q8_0, q4_0, q4_1.
 
+mod common;
+
+use common::{cpu_ns, data};
 use half::bf16;
 use kiln_kernels::cpu::matmul::{matmul, MatmulParams};
 use kiln_kernels::cpu::quant::QuantFormat;
 use kiln_kernels::cpu::WeightSlice;
 use std::time::Instant;
-
-fn cpu_ns() -> u64 {
-    let mut t = 0;
-    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
-        for e in dir.flatten() {
-            if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
-                t += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    t
-}
-
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
